@@ -1,0 +1,308 @@
+"""The latency model of one model instance on one GPU, and the continuous-batching engine that
+follows it.
+
+This is the one definition used by the emulated backend (which steps the engine in real time),
+the rlrouter simulator (which fast-forwards it) and, through benchmark profiles, the ILP. The
+engine is sans-IO: callers pass time in and read events out.
+
+Iteration model (vLLM-style continuous batching, simplified):
+
+* At each iteration boundary, waiting requests are admitted (by FCFS or by priority) while the
+  batch has room (``max_batch``) and the KV cache can hold their input + output tokens.
+* One iteration lasts ``tau(B) = decode_base_s + decode_per_seq_s * B`` for the B running
+  requests, plus ``prefill_s_per_token * (input tokens admitted this iteration)``: newly admitted
+  requests are prefilled in the same iteration (mixed batching).
+* Every running request gets one output token at the end of each iteration; a request finishes
+  with its last token. TTFT is the end of its first iteration minus its arrival.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyModel:
+    prefill_s_per_token: float
+    decode_base_s: float
+    decode_per_seq_s: float
+    max_batch: int
+    kv_capacity_tokens: int
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        if min(self.prefill_s_per_token, self.decode_base_s, self.decode_per_seq_s) < 0:
+            raise ValueError("latency model times must be >= 0")
+        if self.kv_capacity_tokens < 1:
+            raise ValueError("kv_capacity_tokens must be >= 1")
+
+    def decode_step_s(self, batch: int) -> float:
+        """tau(B): one decode iteration with B running requests."""
+        return self.decode_base_s + self.decode_per_seq_s * batch
+
+    def prefill_s(self, tokens: int) -> float:
+        return self.prefill_s_per_token * tokens
+
+    def isolated_latency_s(self, input_tokens: int, output_tokens: int, batch: int = 1) -> float:
+        """End-to-end latency of one request admitted at once into a batch of ``batch``."""
+        return self.prefill_s(input_tokens) + max(output_tokens, 1) * self.decode_step_s(batch)
+
+    def saturation_rps(self, input_tokens: float, output_tokens: float) -> float:
+        """Highest sustainable request rate with a full batch (requests per second).
+
+        With B = max_batch running, each iteration moves B requests one token; each admitted
+        request also costs its prefill once.
+        """
+        per_request = (
+            output_tokens * self.decode_step_s(self.max_batch) / self.max_batch
+            + self.prefill_s(int(input_tokens))
+        )
+        return 1.0 / per_request
+
+    def scaled(self, time_scale: float) -> LatencyModel:
+        """The same model running ``time_scale`` times faster (benchmarks in compressed time)."""
+        if time_scale <= 0:
+            raise ValueError("time_scale must be > 0")
+        return LatencyModel(
+            self.prefill_s_per_token / time_scale,
+            self.decode_base_s / time_scale,
+            self.decode_per_seq_s / time_scale,
+            self.max_batch,
+            self.kv_capacity_tokens,
+        )
+
+
+@dataclass(slots=True)
+class EngineRequest:
+    """One request inside a :class:`BatchEngine`. Times are on the engine's clock."""
+
+    rid: Hashable
+    input_tokens: int
+    output_tokens: int
+    arrival: float
+    priority: int = 0  # lower is served first under the "priority" policy (vLLM semantics)
+    deadline: float = math.inf
+    admitted: float | None = None
+    first_token: float | None = None
+    finished: float | None = None
+    generated: int = 0
+    cancelled: bool = False
+
+    @property
+    def kv_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def remaining(self) -> int:
+        return self.output_tokens - self.generated
+
+
+@dataclass(slots=True)
+class Iteration:
+    """One engine iteration: it runs from ``start`` to ``end``; every request in ``batch`` gets a
+    token at ``end``; ``admitted`` were prefilled in it."""
+
+    start: float
+    end: float
+    batch: list[EngineRequest]
+    admitted: list[EngineRequest]
+
+
+POLICIES = ("fcfs", "priority")
+
+
+@dataclass(slots=True)
+class BatchEngine:
+    """Continuous batching for one instance, driven by the caller's clock."""
+
+    model: LatencyModel
+    policy: str = "fcfs"
+    running: list[EngineRequest] = field(default_factory=list)
+    _waiting: list[tuple[tuple, EngineRequest]] = field(default_factory=list)
+    _seq: itertools.count = field(default_factory=itertools.count)
+    _current: Iteration | None = None
+    _kv_used: int = 0
+    _n_waiting: int = 0
+    now: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown queue policy {self.policy!r} (choose from {POLICIES})")
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def n_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def n_waiting(self) -> int:
+        return self._n_waiting
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.running) or self._n_waiting > 0
+
+    @property
+    def current(self) -> Iteration | None:
+        return self._current
+
+    def waiting(self) -> list[EngineRequest]:
+        """Waiting requests in service order."""
+        return [r for _, r in sorted(self._waiting) if not r.cancelled]
+
+    # -- input ---------------------------------------------------------------------------
+    def submit(self, request: EngineRequest) -> None:
+        if request.kv_tokens > self.model.kv_capacity_tokens:
+            raise ValueError(
+                f"request needs {request.kv_tokens} KV tokens; the instance holds "
+                f"{self.model.kv_capacity_tokens}"
+            )
+        if request.output_tokens < 1:
+            raise ValueError("output_tokens must be >= 1")
+        key = (request.priority, next(self._seq)) if self.policy == "priority" else (
+            0, next(self._seq))
+        heapq.heappush(self._waiting, (key, request))
+        self._n_waiting += 1
+
+    def cancel(self, request: EngineRequest) -> None:
+        """Drop a waiting or running request; its batch slot and KV are freed at once."""
+        if request.cancelled or request.finished is not None:
+            return
+        request.cancelled = True
+        if request.admitted is None:
+            self._n_waiting -= 1
+        elif request in self.running:
+            self.running.remove(request)
+            self._kv_used -= request.kv_tokens
+
+    # -- stepping (real time: the emulated backend) ----------------------------------------
+    def start_iteration(self, now: float) -> Iteration | None:
+        """Begin the next iteration at ``now``: admit what fits and fix its duration.
+
+        Returns None when there is nothing to run. Call :meth:`finish_iteration` at its end.
+        """
+        if self._current is not None:
+            raise RuntimeError("an iteration is already running")
+        admitted = self._admit(now)
+        if not self.running:
+            return None
+        duration = self.model.decode_step_s(len(self.running)) + self.model.prefill_s(
+            sum(r.input_tokens for r in admitted)
+        )
+        self._current = Iteration(now, now + duration, list(self.running), admitted)
+        return self._current
+
+    def finish_iteration(self) -> list[EngineRequest]:
+        """End the running iteration: one token each; returns the requests that finished."""
+        it = self._current
+        if it is None:
+            raise RuntimeError("no iteration is running")
+        self._current = None
+        self.now = it.end
+        done = []
+        for r in it.batch:
+            if r.cancelled:
+                continue
+            r.generated += 1
+            if r.first_token is None:
+                r.first_token = it.end
+            if r.generated >= r.output_tokens:
+                r.finished = it.end
+                done.append(r)
+        if done:
+            for r in done:
+                self.running.remove(r)
+                self._kv_used -= r.kv_tokens
+        return done
+
+    # -- fast-forward (simulation) ---------------------------------------------------------
+    def advance_to(self, t: float) -> list[EngineRequest]:
+        """Run every iteration that ends at or before ``t``; returns the finished requests.
+
+        Identical iterations (no admission possible, batch unchanged) are jumped over in one
+        step, so the cost is per batch change, not per token. The result is the same as calling
+        :meth:`start_iteration` / :meth:`finish_iteration` back to back.
+        """
+        finished: list[EngineRequest] = []
+        while True:
+            if self._current is None:
+                if not self.busy:
+                    self.now = max(self.now, t)
+                    return finished
+                if self.start_iteration(self.now) is None:
+                    self.now = max(self.now, t)
+                    return finished
+            it = self._current
+            if it.end > t:
+                return finished
+            finished.extend(self.finish_iteration())
+            if not self.running or self._can_admit():
+                continue
+            # Steady state: the batch can only change when a running request finishes.
+            step = self.model.decode_step_s(len(self.running))
+            to_completion = min(r.remaining for r in self.running)
+            k = to_completion - 1
+            if t != math.inf:
+                k = min(k, int((t - self.now) / step))
+            if k > 0:
+                for r in self.running:
+                    r.generated += k
+                self.now += k * step
+
+    def _can_admit(self) -> bool:
+        if len(self.running) >= self.model.max_batch:
+            return False
+        while self._waiting and self._waiting[0][1].cancelled:
+            heapq.heappop(self._waiting)
+        if not self._waiting:
+            return False
+        head = self._waiting[0][1]
+        return self._kv_used + head.kv_tokens <= self.model.kv_capacity_tokens
+
+    def _admit(self, now: float) -> list[EngineRequest]:
+        admitted = []
+        while self._can_admit():
+            _, r = heapq.heappop(self._waiting)
+            self._n_waiting -= 1
+            r.admitted = now
+            self.running.append(r)
+            self._kv_used += r.kv_tokens
+            admitted.append(r)
+        return admitted
+
+    # -- prediction (routers) ---------------------------------------------------------------
+    def estimate_latency_s(self, input_tokens: int, output_tokens: int, priority: int = 0) -> float:
+        """Predicted end-to-end latency of a request submitted now (for deadline-aware routers).
+
+        Counts the requests that would be served before it (all waiting under FCFS; those of
+        equal or higher priority under "priority"), waits for enough running requests to finish
+        to make room, then serves it in a batch of the resulting size.
+        """
+        m = self.model
+        ahead = [
+            r for _, r in self._waiting
+            if not r.cancelled and (self.policy == "fcfs" or r.priority <= priority)
+        ]
+        occupied = len(self.running) + len(ahead)
+        batch = min(m.max_batch, occupied + 1)
+        step = m.decode_step_s(batch)
+        wait = 0.0
+        if occupied >= m.max_batch:
+            # The slot we get is freed by the (occupied - max_batch + 1)-th completion, counting
+            # running requests' remaining tokens, then the ones ahead in line in order.
+            remaining = sorted(r.remaining for r in self.running)
+            need = occupied - m.max_batch + 1
+            pool = remaining + [r.output_tokens for r in ahead]
+            if need <= len(remaining):
+                wait = remaining[need - 1] * step
+            else:
+                # Rough: every further slot turns over after an average request's worth of tokens.
+                mean_out = sum(pool) / len(pool)
+                wait = (remaining[-1] if remaining else 0) * step + (
+                    (need - len(remaining)) / m.max_batch) * mean_out * step
+        return wait + m.prefill_s(input_tokens) + max(output_tokens, 1) * step
