@@ -13,6 +13,7 @@ SUBCOMMAND_MODULES = (
     "quicgw.gateway.cli",  # serve
     "quicgw.backends.cli",  # backend
     "quicgw.demo",  # demo
+    "netem.cli",  # netem (cleanup, profiles, detect, fidelity, experiment)
 )
 
 

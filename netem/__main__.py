@@ -1,0 +1,5 @@
+import sys
+
+from netem.cli import main
+
+sys.exit(main())
