@@ -1,0 +1,166 @@
+"""The Gymnasium environment ``rlrouter/LLMRouting-v0``.
+
+One step routes one request: the observation is the shared router observation
+(:func:`quicgw.core.features.observation`, the same function the gateway's ``dqn`` router
+calls), the action is an instance slot (``Discrete(MAX_INSTANCES)``; ``info["action_mask"]``
+marks the routable ones), the reward is the simulator's (:mod:`rlrouter.sim`: rewards of an
+episode sum to its weighted score). All randomness (cluster draw, workload, sizes) comes from
+``self.np_random``.
+
+Options go through ``gymnasium.make("rlrouter/LLMRouting-v0", config={...})``; see
+:class:`EnvConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from quicgw.core.features import MAX_INSTANCES, OBS_DIM, OBS_HIGH, OBS_LOW, observation
+from rlrouter.cluster import build_instances, cluster_specs, random_cluster
+from rlrouter.routers import SlackFitRouter
+from rlrouter.sim import REWARDS, Simulator
+from rlrouter.workloads import WORKLOADS, make_workload, nominal_capacity_rps
+
+ENV_ID = "rlrouter/LLMRouting-v0"
+
+
+@dataclass(slots=True)
+class EnvConfig:
+    """Environment options (pass as a dict: ``config={"cluster": "random", ...}``)."""
+
+    cluster: str = "poster"  # a name in rlrouter.cluster.CLUSTERS, a spec string, or "random"
+    cluster_size: tuple[int, int] = (2, MAX_INSTANCES)  # instance count range for "random"
+    workload: str = "mixed"  # stable | unpredictable | trace | mixed (stable or unpredictable)
+    trace: str | None = None  # CSV for the trace workload
+    duration_s: float = 300.0  # simulated seconds of arrivals generated per episode
+    load_scale: float | tuple[float, float] = 1.0  # rate multiplier (or a range drawn per episode)
+    max_steps: int = 4096  # truncate the episode after this many decisions (0: run to the end)
+    warmup_s: float = 10.0  # a slack-fit router serves this long before the agent takes over
+    reward: str = "shaped"  # shaped | completion (see rlrouter.sim)
+    reward_scale: float = 1.0
+    engine_policy: str = "priority"  # the engines' admission order: priority | fcfs
+    network: dict | None = None  # network stage options (rlrouter.network.NetworkConfig)
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, config: dict | EnvConfig | None) -> EnvConfig:
+        if config is None:
+            return cls()
+        if isinstance(config, EnvConfig):
+            return config
+        known = {f.name for f in fields(cls)}
+        unknown = set(config) - known
+        if unknown:
+            raise ValueError(f"unknown env config keys {sorted(unknown)} (known: {sorted(known)})")
+        cfg = cls(**config)
+        if cfg.workload not in (*WORKLOADS, "mixed"):
+            raise ValueError(f"unknown workload {cfg.workload!r}")
+        if cfg.reward not in REWARDS:
+            raise ValueError(f"unknown reward {cfg.reward!r} (choose from {REWARDS})")
+        if isinstance(cfg.cluster_size, list):
+            cfg.cluster_size = tuple(cfg.cluster_size)
+        if isinstance(cfg.load_scale, list):
+            cfg.load_scale = tuple(cfg.load_scale)
+        return cfg
+
+
+class LLMRoutingEnv(gym.Env):
+    metadata = {"render_modes": []}
+
+    # The spaces are fixed by the shared feature layout, whatever the cluster.
+    observation_space = spaces.Box(OBS_LOW, OBS_HIGH, shape=(OBS_DIM,), dtype=np.float32)
+    action_space = spaces.Discrete(MAX_INSTANCES)
+
+    def __init__(self, config: dict | EnvConfig | None = None, render_mode: str | None = None) -> None:
+        super().__init__()
+        self.config = EnvConfig.from_dict(config)
+        self.render_mode = render_mode
+        self.observation_space = LLMRoutingEnv.observation_space
+        self.action_space = LLMRoutingEnv.action_space
+        self.sim: Simulator | None = None
+        self._fixed_instances = None
+        if self.config.cluster != "random":
+            self._fixed_instances = build_instances(cluster_specs(self.config.cluster))
+        self._mask = np.zeros(MAX_INSTANCES, dtype=bool)
+        self._valid: list[int] = []
+        self._steps = 0
+        self._last_obs = np.zeros(OBS_DIM, dtype=np.float32)
+
+    # -- gym api -------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        rng = self.np_random
+        cfg = self.config
+        if self._fixed_instances is not None:
+            instances = self._fixed_instances
+        else:
+            lo, hi = cfg.cluster_size
+            instances = build_instances(random_cluster(rng, lo, hi))
+        kind = cfg.workload
+        if kind == "mixed":
+            kind = ("stable", "unpredictable")[int(rng.integers(2))]
+        scale = cfg.load_scale
+        if isinstance(scale, tuple):
+            scale = float(rng.uniform(*scale))
+        cap = nominal_capacity_rps(instances)
+        arrivals = make_workload(kind, rng, cfg.duration_s, cap, trace=cfg.trace, load_scale=scale)
+        network = None
+        if cfg.network is not None:
+            from rlrouter.network import NetworkStage
+            network = NetworkStage.from_config(cfg.network, rng)
+        self.sim = Simulator(instances, arrivals, reward=cfg.reward,
+                             engine_policy=cfg.engine_policy, network=network)
+        if cfg.warmup_s > 0:
+            warm = SlackFitRouter(margin=0.5)
+            sim = self.sim
+            while not sim.done and sim.now < cfg.warmup_s:
+                sim.route(warm.route(sim.request, sim.view))
+        self._mask[:] = False
+        self._mask[:len(instances)] = True
+        self._valid = list(range(len(instances)))
+        self._steps = 0
+        self._workload = kind
+        self._scale = scale
+        if self.sim.done:  # an empty workload: nothing to route
+            return self._last_obs.copy(), self._info()
+        obs = observation(self.sim.request, self.sim.view)
+        self._last_obs = obs
+        return obs, self._info()
+
+    def step(self, action):
+        sim = self.sim
+        if sim is None or sim.done:
+            raise RuntimeError("call reset() first: the episode is over")
+        a = int(action)
+        if not (0 <= a < MAX_INSTANCES and self._mask[a]):
+            # An absent slot (random exploration without the mask): the valid slot at a % n.
+            a = self._valid[a % len(self._valid)]
+        reward = sim.route(a) * self.config.reward_scale
+        self._steps += 1
+        terminated = sim.done
+        truncated = (not terminated and self.config.max_steps > 0
+                     and self._steps >= self.config.max_steps)
+        if terminated:
+            obs = self._last_obs
+        else:
+            obs = observation(sim.request, sim.view)
+            self._last_obs = obs
+        info = self._info()
+        if terminated or truncated:
+            info["score"] = sim.board.score
+            info["requests"] = self._steps
+            info["workload"] = self._workload
+            info["load_scale"] = self._scale
+        return obs, float(reward), terminated, truncated, info
+
+    def action_masks(self) -> np.ndarray:
+        """The mask, for sb3-contrib's MaskablePPO and friends."""
+        return self._mask.copy()
+
+    def _info(self) -> dict[str, Any]:
+        return {"action_mask": self._mask.copy()}

@@ -1,0 +1,104 @@
+"""The exported routing policy: numpy weights and a torch-free forward pass.
+
+Architecture (shared weights over instance slots, so one policy serves any cluster of up to
+``MAX_INSTANCES`` instances; see :mod:`rlrouter.qnet` for the torch twin used in training)::
+
+    x_i = [global features, features of instance i]          for each present instance i
+    h_i = relu(W1 x_i + b1)
+    c   = mean of h_i over present instances                  (what the other instances offer)
+    z_i = relu(W2 [h_i, c] + b2)
+    Q_i = w3 . z_i + b3                                       absent instances: -inf
+
+The file is a ``.npz`` with arrays ``W1 b1 W2 b2 w3 b3`` (float32, ``x @ W`` convention) and a
+``meta`` JSON string (training config, feature layout sizes) checked at load time.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from quicgw.core.features import GLOBAL_DIM, INSTANCE_DIM, MAX_INSTANCES
+
+POLICY_DIR = "policies"
+DEFAULT_POLICY = "dqn.npz"
+NEG = np.float32(-1e9)
+
+
+class NumpyQPolicy:
+    """Torch-free forward pass of the instance-scoring Q-network."""
+
+    def __init__(self, weights: dict[str, np.ndarray], meta: dict | None = None) -> None:
+        self.W1 = np.ascontiguousarray(weights["W1"], dtype=np.float32)
+        self.b1 = np.ascontiguousarray(weights["b1"], dtype=np.float32)
+        self.W2 = np.ascontiguousarray(weights["W2"], dtype=np.float32)
+        self.b2 = np.ascontiguousarray(weights["b2"], dtype=np.float32)
+        self.w3 = np.ascontiguousarray(weights["w3"], dtype=np.float32).reshape(-1)
+        self.b3 = float(np.asarray(weights["b3"]).reshape(-1)[0])
+        self.meta = meta or {}
+        if self.W1.shape[0] != GLOBAL_DIM + INSTANCE_DIM:
+            raise ValueError(
+                f"policy expects {self.W1.shape[0] - INSTANCE_DIM} global + {INSTANCE_DIM} "
+                f"instance features; this build has {GLOBAL_DIM} + {INSTANCE_DIM}")
+        h = self.W1.shape[1]
+        # Split W1 so the global part is computed once per decision.
+        self._W1g = np.ascontiguousarray(self.W1[:GLOBAL_DIM])
+        self._W1i = np.ascontiguousarray(self.W1[GLOBAL_DIM:])
+        self._W2h = np.ascontiguousarray(self.W2[:h])
+        self._W2c = np.ascontiguousarray(self.W2[h:])
+
+    # -- io ------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> NumpyQPolicy:
+        """Load a policy file; ``None`` loads the policy shipped in the package."""
+        if path is None:
+            ref = resources.files("rlrouter").joinpath(POLICY_DIR, DEFAULT_POLICY)
+            with resources.as_file(ref) as p:
+                return cls.load(p)
+        with np.load(Path(path), allow_pickle=False) as z:
+            weights = {k: z[k] for k in ("W1", "b1", "W2", "b2", "w3", "b3")}
+            meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+        return cls(weights, meta)
+
+    def save(self, path: str | Path) -> None:
+        np.savez(Path(path), W1=self.W1, b1=self.b1, W2=self.W2, b2=self.b2, w3=self.w3,
+                 b3=np.asarray([self.b3], dtype=np.float32), meta=np.asarray(json.dumps(self.meta)))
+
+    # -- forward -------------------------------------------------------------------------------
+    def q_values(self, obs: np.ndarray, n: int = MAX_INSTANCES) -> np.ndarray:
+        """Q-values of the first ``n`` instance slots of one flat observation (absent: -1e9)."""
+        g = obs[:GLOBAL_DIM]
+        x = obs[GLOBAL_DIM:GLOBAL_DIM + n * INSTANCE_DIM].reshape(n, INSTANCE_DIM)
+        present = x[:, 0] > 0.5
+        h = x @ self._W1i
+        h += g @ self._W1g + self.b1
+        np.maximum(h, 0.0, out=h)
+        cnt = present.sum()
+        c = (h[present].sum(axis=0) / cnt) if cnt else np.zeros(h.shape[1], np.float32)
+        z = h @ self._W2h
+        z += c @ self._W2c + self.b2
+        np.maximum(z, 0.0, out=z)
+        q = z @ self.w3 + self.b3
+        q[~present] = NEG
+        return q
+
+    def act(self, obs: np.ndarray, n: int = MAX_INSTANCES, mask: np.ndarray | None = None) -> int:
+        q = self.q_values(obs, n)
+        if mask is not None:
+            q = np.where(mask[:n], q, NEG)
+        return int(np.argmax(q))
+
+    def q_values_batch(self, obs: np.ndarray) -> np.ndarray:
+        """Q-values for a batch of flat observations, shape (batch, MAX_INSTANCES)."""
+        g = obs[:, :GLOBAL_DIM]
+        x = obs[:, GLOBAL_DIM:].reshape(len(obs), MAX_INSTANCES, INSTANCE_DIM)
+        present = x[..., 0] > 0.5
+        h = np.maximum(x @ self._W1i + (g @ self._W1g + self.b1)[:, None, :], 0.0)
+        cnt = np.maximum(present.sum(axis=1, keepdims=True), 1)
+        c = (h * present[..., None]).sum(axis=1) / cnt
+        z = np.maximum(h @ self._W2h + (c @ self._W2c + self.b2)[:, None, :], 0.0)
+        q = z @ self.w3 + self.b3
+        return np.where(present, q, NEG)

@@ -1,0 +1,109 @@
+"""Routers: the slack-fit heuristic and the learned DQN router (both registered in the
+``quicgw.routers`` entry-point group), plus the baseline set the evaluation uses.
+
+Routers see only a :class:`~quicgw.core.routing.RouteRequest` and a
+:class:`~quicgw.core.routing.ClusterView`, in the simulator and in the gateway alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from quicgw.core.features import MAX_INSTANCES, observation, predicted_latency_s
+from quicgw.core.routing import (
+    ClusterView,
+    JoinShortestQueueRouter,
+    NoInstanceAvailable,
+    RandomRouter,
+    RoundRobinRouter,
+    Router,
+    RouteRequest,
+    StaticRouter,
+)
+from rlrouter.policy import NEG, NumpyQPolicy
+
+
+def _quality(info, task: str) -> float:
+    q = info.quality.get(task)
+    return q if q is not None else min(info.quality.values())
+
+
+class SlackFitRouter:
+    """The most accurate model whose predicted completion still meets the deadline.
+
+    The prediction is the engine's own (``BatchEngine.estimate_latency_s``: current batch,
+    remaining tokens of running requests, the queue ahead under the instance's policy) when the
+    view carries engines (the simulator), else the count-based prediction from live in-flight
+    and queued counts (the gateway). Among instances of the chosen model, the one with the
+    lowest predicted latency wins; if nothing can meet the deadline, the fastest predicted.
+    """
+
+    name = "slackfit"
+
+    def __init__(self, margin: float = 0.0) -> None:
+        self.margin = float(margin)  # keep this fraction of the slack in reserve
+
+    def predict(self, request: RouteRequest, cluster: ClusterView, i: int) -> float:
+        load = cluster.loads[i]
+        if load.engine is not None:
+            return load.engine.estimate_latency_s(
+                request.input_tokens, request.output_tokens, request.class_priority)
+        return predicted_latency_s(cluster.instances[i], load.in_flight, load.queued,
+                                   request.input_tokens, request.output_tokens)
+
+    def route(self, request: RouteRequest, cluster: ClusterView) -> int:
+        budget = request.slack_s * (1.0 - self.margin)
+        best, best_key = -1, None
+        fastest, fastest_t = -1, float("inf")
+        for i, load in enumerate(cluster.loads):
+            if not load.healthy:
+                continue
+            t = self.predict(request, cluster, i)
+            if t < fastest_t:
+                fastest, fastest_t = i, t
+            if t <= budget:
+                key = (_quality(cluster.instances[i], request.task), -t)
+                if best_key is None or key > best_key:
+                    best, best_key = i, key
+        if best >= 0:
+            return best
+        if fastest < 0:
+            raise NoInstanceAvailable("no healthy instance")
+        return fastest
+
+
+class DQNRouter:
+    """The learned router: the exported Q-network scores every instance from the shared
+    observation; the best-scoring healthy instance wins. Torch-free."""
+
+    name = "dqn"
+
+    def __init__(self, policy: str | Path | NumpyQPolicy | None = None) -> None:
+        self.policy = policy if isinstance(policy, NumpyQPolicy) else NumpyQPolicy.load(policy)
+        self._obs = None
+
+    def route(self, request: RouteRequest, cluster: ClusterView) -> int:
+        n = len(cluster.instances)
+        if n > MAX_INSTANCES:
+            raise ValueError(f"the dqn router serves at most {MAX_INSTANCES} instances")
+        obs = observation(request, cluster)
+        q = self.policy.q_values(obs, n)
+        best = int(np.argmax(q))
+        if q[best] <= NEG:
+            raise NoInstanceAvailable("no healthy instance")
+        return best
+
+
+def baseline_routers(seed: int = 0) -> dict[str, Router]:
+    """The baselines every evaluation reports, by display name."""
+    return {
+        "static-small": StaticRouter("small"),
+        "static-medium": StaticRouter("medium"),
+        "static-large": StaticRouter("large"),
+        "random": RandomRouter(seed),
+        "round-robin": RoundRobinRouter(),
+        "jsq": JoinShortestQueueRouter(),
+        "slackfit": SlackFitRouter(),
+    }

@@ -1,0 +1,292 @@
+"""The cluster simulator: sans-IO, deterministic given its arrivals (and so given a seed).
+
+Requests of the workload arrive one at a time; the caller (a router, or the Gymnasium
+environment) picks an instance for each; instances are the core's
+:class:`~quicgw.core.latency.BatchEngine` (continuous batching under the shared latency model,
+fast-forwarded between arrivals). A request earns ``weight * quality`` if its response reaches
+the client within its class deadline (:mod:`quicgw.core.score`).
+
+Optionally the requests and responses cross a network link (:mod:`rlrouter.network`): the
+request bytes are uploaded before the gateway can route the request (its slack shrinks by the
+upload time) and the response bytes are downloaded after the engine finishes.
+
+Reward (for learning): the sum of a run's rewards equals its total weighted score exactly. With
+``reward="shaped"`` (default) each decision is credited at once:
+
+* with the reward the engine's own predictor (``BatchEngine.estimate_latency_s``) expects for
+  the routed request (``weight * quality`` if predicted in time, else 0), minus
+* the predicted reward it takes from requests already on that instance: joining a batch slows
+  every decode step by ``decode_per_seq_s`` while both run, and its prefill stalls the batch
+  once (mixed batching); a request whose predicted finish crosses its deadline loses its credit.
+
+When a request completes, the difference between what it earned and what it is still credited
+with is paid. This is potential-based shaping (potential: the credited reward in flight): it
+telescopes, so the rewards of a run sum to its weighted score whatever the predictions, and the
+blame for slowing others lands on the decision that did it. ``reward="completion"`` pays only
+outcomes, when they are known.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from quicgw.core.classes import DEFAULT_CLASS_TABLE, ClassTable
+from quicgw.core.features import RateEstimator
+from quicgw.core.latency import BatchEngine, EngineRequest
+from quicgw.core.routing import ClusterView, InstanceInfo, InstanceLoad, Router, RouteRequest
+from quicgw.core.score import ScoreBoard
+from rlrouter.workloads import Arrivals
+
+REWARDS = ("shaped", "completion")
+
+
+@dataclass(slots=True)
+class RunResult:
+    score: float
+    board: ScoreBoard
+    requests: int
+    model_share: dict[str, float]
+    latency_p50_s: float
+    latency_p99_s: float
+
+    def as_dict(self) -> dict:
+        per_class = {
+            c: {"attainment": v["met"] / v["requests"] if v["requests"] else 0.0,
+                "requests": int(v["requests"]),
+                "score": v["reward"] / v["weight"] if v["weight"] else 0.0}
+            for c, v in self.board.per_class.items()
+        }
+        return {"score": self.score, "requests": self.requests, "model_share": self.model_share,
+                "latency_p50_s": self.latency_p50_s, "latency_p99_s": self.latency_p99_s,
+                "per_class": per_class}
+
+
+class Simulator:
+    """One run: a cluster serving one workload's arrivals.
+
+    Protocol: while ``not sim.done``: read ``sim.request`` and ``sim.view``, call
+    ``sim.route(index)`` (returns the reward paid at this step). ``sim.run(router)`` does that
+    loop with a :class:`~quicgw.core.routing.Router`.
+    """
+
+    def __init__(self, instances: Sequence[InstanceInfo], arrivals: Arrivals,
+                 classes: ClassTable = DEFAULT_CLASS_TABLE, *, engine_policy: str = "priority",
+                 reward: str = "shaped", network: object | None = None) -> None:
+        if reward not in REWARDS:
+            raise ValueError(f"unknown reward {reward!r} (choose from {', '.join(REWARDS)})")
+        if not instances:
+            raise ValueError("a cluster needs at least one instance")
+        self.instances = tuple(instances)
+        self.arrivals = arrivals
+        self.reward_mode = reward
+        self.engines = [BatchEngine(i.latency, engine_policy) for i in self.instances]
+        self.loads = [InstanceLoad(engine=e) for e in self.engines]
+        self.rate_estimator = RateEstimator()
+        self.board = ScoreBoard()
+        self.network = network
+        tclasses = list(classes)
+        names = [c.name for c in tclasses]
+        if list(arrivals.class_names) != names:
+            raise ValueError(f"workload classes {arrivals.class_names} != class table {names}")
+        self._class_names = names
+        self._weights = [c.reward_weight for c in tclasses]
+        self._prio = [c.priority for c in tclasses]
+        self._deadline = [c.deadline_ms / 1000.0 for c in tclasses]
+        # quality[instance][task]
+        self._quality = [[inst.quality.get(t, min(inst.quality.values())) for t in arrivals.tasks]
+                         for inst in self.instances]
+        n = len(arrivals)
+        self.n = n
+        self._cls = arrivals.cls.tolist()
+        self._inp = arrivals.input_tokens.tolist()
+        self._out = arrivals.output_tokens.tolist()
+        self._task = arrivals.task.tolist()
+        self._tasks = arrivals.tasks
+        self._sent = arrivals.time.tolist()  # client send time; the deadline counts from here
+        if network is not None:
+            self._at_gateway = network.upload(arrivals, self._deadline, self._prio)
+        else:
+            self._at_gateway = self._sent
+        # Requests reach the gateway in upload-completion order.
+        self._order = sorted(range(n), key=self._at_gateway.__getitem__)
+        self.routed = np.full(n, -1, dtype=np.int64)
+        self._latencies: list[float] = []
+        self._credit = [0.0] * n  # reward credited and not yet settled, per request
+        self._finish = [0.0] * n  # predicted finish (engine clock), per request
+        self._due = [0.0] * n  # latest finish that still meets the deadline
+        self._holding: list[list[EngineRequest]] = [[] for _ in self.instances]
+        self._model_counts = [0] * len(self.instances)
+        self._pos = 0
+        self.now = 0.0
+        self.view = ClusterView(self.instances, self.loads, 0.0, {c: (0.0,) * 3 for c in names})
+        self.request: RouteRequest | None = None
+        self._pending_reward = 0.0
+        self._next_request()
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self.request is None
+
+    @property
+    def current_index(self) -> int:
+        return self._order[self._pos]
+
+    # -- stepping ------------------------------------------------------------------------------
+    def route(self, index: int) -> float:
+        """Send the pending request to instance ``index``; run to the next arrival. Returns the
+        reward paid at this step (see the module docstring)."""
+        if self.request is None:
+            raise RuntimeError("the run is over")
+        if not 0 <= index < len(self.engines) or not self.loads[index].healthy:
+            raise ValueError(f"instance {index} is not routable")
+        k = self._order[self._pos]
+        c = self._cls[k]
+        engine = self.engines[index]
+        now = self.now
+        deadline_abs = self._sent[k] + self._deadline[c]
+        q = self._quality[index][self._task[k]]
+        w = self._weights[c]
+        reward = 0.0
+        if self.reward_mode == "shaped":
+            est = engine.estimate_latency_s(self._inp[k], self._out[k], self._prio[c])
+            due = deadline_abs - self._response_delay_guess(k)
+            finish = now + est
+            credit = w * q if finish <= due else 0.0
+            self._credit[k] = credit
+            self._finish[k] = finish
+            self._due[k] = due
+            reward += credit - self._harm(index, self._inp[k], self._out[k], self._prio[c])
+        er = EngineRequest(k, self._inp[k], self._out[k], now, priority=self._prio[c],
+                           deadline=deadline_abs)
+        engine.submit(er)
+        if self._credit[k]:
+            self._holding[index].append(er)
+        self.routed[k] = index
+        self._model_counts[index] += 1
+        self._pos += 1
+        self._next_request()
+        reward += self._pending_reward
+        self._pending_reward = 0.0
+        return reward
+
+    def run(self, router: Router) -> RunResult:
+        while self.request is not None:
+            self.route(router.route(self.request, self.view))
+        return self.result()
+
+    def result(self) -> RunResult:
+        lat = np.asarray(self._latencies) if self._latencies else np.zeros(1)
+        share: dict[str, float] = {}
+        total = max(1, sum(self._model_counts))
+        for inst, cnt in zip(self.instances, self._model_counts, strict=True):
+            share[inst.model] = share.get(inst.model, 0.0) + cnt / total
+        return RunResult(self.board.score, self.board, self.n, share,
+                         float(np.percentile(lat, 50)), float(np.percentile(lat, 99)))
+
+    # -- internals -----------------------------------------------------------------------------
+    def _response_delay_guess(self, k: int) -> float:
+        return 0.0 if self.network is None else self.network.response_delay_estimate(self._out[k])
+
+    def _harm(self, i: int, input_tokens: int, output_tokens: int, priority: int) -> float:
+        """Credit lost by the requests on instance ``i`` when a new request joins (see the
+        module docstring). Only requests still holding credit can lose it, so only they are
+        visited."""
+        engine = self.engines[i]
+        held = self._holding[i]
+        if not held:
+            return 0.0
+        m = engine.model
+        stall = m.prefill_s_per_token * input_tokens
+        room = len(engine.running) + engine._n_waiting < m.max_batch
+        tau1 = m.decode_per_seq_s if room else 0.0
+        # A full instance: the newcomer takes the next free slot ahead of lower classes.
+        turn = 0.0 if room else output_tokens * m.decode_step_s(m.max_batch) / m.max_batch
+        finish, due, credit = self._finish, self._due, self._credit
+        lost = 0.0
+        keep = []
+        for r in held:
+            rid = r.rid
+            if not credit[rid] or r.finished is not None:
+                continue
+            left = r.output_tokens - r.generated
+            f = finish[rid]
+            f2 = f + stall + tau1 * (left if left < output_tokens else output_tokens)
+            if r.admitted is None and r.priority > priority:
+                f2 += turn
+            finish[rid] = f2
+            if f2 > due[rid]:
+                lost += credit[rid]
+                credit[rid] = 0.0
+            else:
+                keep.append(r)
+        self._holding[i] = keep
+        return lost
+
+    def _next_request(self) -> None:
+        if self._pos >= self.n:
+            self._advance(math.inf)
+            if self.network is not None:
+                self._finish_downloads(math.inf)
+            self.request = None
+            return
+        k = self._order[self._pos]
+        t = self._at_gateway[k]
+        self._advance(t)
+        self.now = t
+        c = self._cls[k]
+        name = self._class_names[c]
+        est = self.rate_estimator
+        est.observe(name, t)
+        self.view.now = t
+        self.view.rates = {cn: est.rates(cn, t) for cn in self._class_names}
+        for e, load in zip(self.engines, self.loads, strict=True):
+            load.in_flight = len(e.running)
+            load.queued = e._n_waiting
+        deadline = self._deadline[c]
+        self.request = RouteRequest(
+            class_name=name, class_priority=self._prio[c], class_index=c,
+            slack_s=self._sent[k] + deadline - t, deadline_s=deadline,
+            input_tokens=self._inp[k], output_tokens=self._out[k],
+            task=self._tasks[self._task[k]], weight=self._weights[c])
+
+    def _advance(self, t: float) -> None:
+        for i, e in enumerate(self.engines):
+            if not e.busy and e._current is None:
+                continue
+            for r in e.advance_to(t):
+                self._finished(i, r)
+        if self.network is not None:
+            self._finish_downloads(t)
+
+    def _finished(self, i: int, r: EngineRequest) -> None:
+        if self.network is not None:
+            self.network.download(r.rid, r.finished, self._out[r.rid], r.deadline,
+                                  self._prio[self._cls[r.rid]], i)
+            return
+        self._score(r.rid, i, r.finished)
+
+    def _finish_downloads(self, t: float) -> None:
+        for rid, inst, t_done in self.network.delivered(t):
+            self._score(rid, inst, t_done)
+
+    def _score(self, k: int, i: int, t_done: float) -> None:
+        c = self._cls[k]
+        latency = t_done - self._sent[k]
+        met = latency <= self._deadline[c] + 1e-9
+        w = self._weights[c]
+        q = self._quality[i][self._task[k]]
+        self.board.add(self._class_names[c], w, q, met, latency)
+        self._latencies.append(latency)
+        earned = w * q if met else 0.0
+        self._pending_reward += earned - self._credit[k]
+        self._credit[k] = 0.0
+
+
+def simulate(instances: Sequence[InstanceInfo], arrivals: Arrivals, router: Router,
+             **kwargs) -> RunResult:
+    return Simulator(instances, arrivals, **kwargs).run(router)
