@@ -43,6 +43,7 @@ from ilp.capacity import AnalyticCapacity, CapacityFunction, ProfileCapacity
 from ilp.profile import METRICS, Profile, ProfileError
 from ilp.workload import Workload
 from quicgw.core.catalog import GPUS, latency_model, resolve_model
+from quicgw.core.latency import LatencyModel
 
 OBJECTIVES = ("instances", "power", "cost")
 
@@ -202,6 +203,11 @@ class Mode:
     source: str  # "profile:<name>" or "analytic"
     # Per metric/stat, a capacity function (classes may use different percentiles/metrics).
     curves: dict[tuple[str, float | str], CapacityFunction] = field(default_factory=dict)
+    # The instance's latency model and workload when known: lets a plan be verified by
+    # simulation (ilp.verify); the run length and trimming of the profile's runs.
+    sim_model: LatencyModel | None = None
+    sim_workload: Workload | None = None
+    sim_window: tuple[float, float, float] = (2400.0, 480.0, 180.0)
 
     @property
     def key(self) -> str:
@@ -366,6 +372,10 @@ def resolve(spec: ProblemSpec, base_dir: Path | None, where: str,
                         raise ProblemError(f"{where}: {mloc}.profile: {m.profile}: {msg}") from None
                 source = f"profile:{m.profile}"
                 max_batch = m.max_batch or _int_or_none(prof.workload.get("max_batch"))
+                sim_model, sim_workload = _profile_instance(prof)
+                if m.latency_scale != 1.0 or m.rate_scale != 1.0:
+                    sim_model = None  # a derived mode: no instance to simulate
+                window = (prof.duration_s or 2400.0, prof.warmup_s, prof.cooldown_s)
             else:
                 a = m.analytic
                 model = model_name(m.model or a.model or "", f"{mloc}.model")
@@ -391,8 +401,10 @@ def resolve(spec: ProblemSpec, base_dir: Path | None, where: str,
                 cap = probe.max_rate_rpm
                 source = "analytic"
                 max_batch = m.max_batch or lm.max_batch
+                sim_model, sim_workload, window = lm, wl, (2400.0, 480.0, 180.0)
             modes.append(Mode(g.name, m.name, model, float(cap), next(iter(curves.values())),
-                              m.power_w, m.frequency_mhz, max_batch, source, curves))
+                              m.power_w, m.frequency_mhz, max_batch, source, curves,
+                              sim_model, sim_workload, window))
         gpu_types.append(GPUType(
             g.name, g.count, catalog_gpu, float(cost),
             g.partition_of.gpu if g.partition_of else None,
@@ -401,6 +413,25 @@ def resolve(spec: ProblemSpec, base_dir: Path | None, where: str,
         if not any(c.model is None or c.model == m.model for g in gpu_types for m in g.modes):
             raise ProblemError(f"{where}: classes[{i}].model: no GPU mode serves model {c.model!r}")
     return Problem(spec.name, spec.objective, classes, gpu_types, loaded)
+
+
+def _profile_instance(prof: Profile) -> tuple[LatencyModel | None, Workload | None]:
+    """The measured instance's latency model and workload, if the profile records them."""
+    inst = prof.instance or {}
+    try:
+        wl = Workload.of({k: v for k, v in prof.workload.items()
+                          if k in ("input_tokens", "output_tokens")})
+    except ValueError:
+        return None, None
+    lm_d = inst.get("latency_model")
+    try:
+        if isinstance(lm_d, dict):
+            return LatencyModel(**lm_d), wl
+        if inst.get("model") and inst.get("gpu"):
+            return latency_model(inst["model"], inst["gpu"], _int_or_none(inst.get("max_batch"))), wl
+    except (KeyError, TypeError, ValueError):
+        pass
+    return None, None
 
 
 def _int_or_none(v: Any) -> int | None:

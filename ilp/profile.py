@@ -187,6 +187,9 @@ class Profile:
     slo: dict[str, float] = field(default_factory=dict)
     source: str = ""
     notes: str = ""
+    # How the measured instance was configured, when known (catalog model, GPU, max batch,
+    # queue policy, latency model): lets ``ilp.solve --verify`` simulate a plan on it.
+    instance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.points.sort(key=lambda p: p.rate_rpm)
@@ -239,6 +242,7 @@ class Profile:
             "capacity_rpm": self.capacity_rpm,
             "source": self.source,
             "notes": self.notes,
+            "instance": self.instance,
             "points": [p.to_json() for p in self.points],
         }
 
@@ -281,6 +285,7 @@ class Profile:
             slo=dict(d.get("slo") or {}),
             source=str(d.get("source", "")),
             notes=str(d.get("notes", "")),
+            instance=dict(d.get("instance") or {}),
         )
 
     @classmethod
@@ -317,6 +322,7 @@ class RequestRecord:
     queue_s: float | None = None  # server-reported, else None
     batch: float | None = None  # server-reported running batch at admission, if any
     klass: str | None = None
+    instance: str | None = None  # which instance served it (the gateway's x-quicgw-instance)
     error: str = ""
 
     @property
@@ -384,6 +390,19 @@ def build_point(
     from ilp.stats import linear_slope
 
     batches = [r.batch for r in ok if r.batch is not None]
+    mean_batch = (sum(batches) / len(batches)) if batches else None
+    if mean_batch is None:
+        # Little's law on the service intervals (admitted -> finished) overlapping the window.
+        busy = 0.0
+        known = False
+        for r in records:
+            if not r.ok or r.e2el_s is None or r.queue_s is None:
+                continue
+            known = True
+            a = max(t0, r.arrival_s + r.queue_s)
+            b = min(t1, r.arrival_s + r.e2el_s)
+            busy += max(0.0, b - a)
+        mean_batch = busy / span if known else None
     return RatePoint(
         rate_rpm=rate_rpm,
         duration_s=span,
@@ -396,31 +415,41 @@ def build_point(
         goodput=good,
         metrics=metrics,
         queue_slope=linear_slope(qx, qy),
-        mean_batch=(sum(batches) / len(batches)) if batches else None,
+        mean_batch=mean_batch,
         samples={m: v for m, v in values.items() if v and m != "itl_ms"} if keep_samples else {},
     )
 
 
 def detect_saturation(points: Sequence[RatePoint], max_batch: int | None = None,
-                      tracking: float = 0.95, growth: float = 0.02) -> None:
+                      tracking: float = 0.97, growth: float = 0.25) -> None:
     """Mark saturated points in place.
 
-    A point is saturated when the queue keeps growing (queue time rises over the run by more
-    than ``growth`` seconds per second, i.e. arrivals outpace service) while throughput stops
-    tracking the offered load (completions below ``tracking`` x offered); when the server
-    reports batch sizes, a batch that has plateaued at ``max_batch`` also counts as the second
-    sign. This is the paper's criterion: "after reaching the saturation point, the queue size
-    continued to increase, whereas the batch size remained unchanged".
+    The paper's criterion: "after reaching the saturation point, the queue size continued to
+    increase, whereas the batch size remained unchanged". A point is saturated when the queue
+    keeps growing over the measured window (the waiting time's trend rises by more than
+    ``growth`` x the mean service time across the window) and, as a second sign, either the
+    running batch has plateaued at 90% of ``max_batch`` or completions no longer track the
+    offered load (below ``tracking`` x offered). Without any waiting-time measurement,
+    completions below 85% of the offered load decide alone.
     """
     for p in points:
         if p.completed == 0:
             p.saturated = True
             continue
         lagging = p.achieved_rpm < tracking * p.rate_rpm
-        growing = p.queue_slope > growth
+        e = p.metrics.get("e2el_ms")
+        q = p.metrics.get("queue_ms")
+        service_s = 0.0
+        if e is not None:
+            service_s = (e.mean - (q.mean if q is not None else 0.0)) / 1e3
+        rise = p.queue_slope * p.duration_s
+        growing = p.queue_slope > 0 and rise > growth * max(service_s, 1e-3)
         plateau = (max_batch is not None and p.mean_batch is not None
                    and p.mean_batch >= 0.9 * max_batch)
-        p.saturated = growing and (lagging or plateau) or (lagging and p.achieved_rpm < 0.85 * p.rate_rpm)
+        if "queue_ms" in p.metrics or "ttft_ms" in p.metrics:
+            p.saturated = growing and (lagging or plateau)
+        else:  # no waiting-time signal at all (non-streaming, no server timings)
+            p.saturated = p.achieved_rpm < 0.85 * p.rate_rpm
 
 
 def saturation_summary(points: Sequence[RatePoint]) -> tuple[float | None, tuple[float, float] | None, float | None]:
