@@ -1,0 +1,5 @@
+import sys
+
+from quicgw.backends.cli import main
+
+sys.exit(main())
