@@ -78,6 +78,9 @@ class BackendConfig(_Strict):
     max_batch: int | None = Field(default=None, ge=1)
     # The model name to send upstream when it differs from the catalog name (e.g. a HF id).
     served_model_name: str | None = None
+    # Send vLLM's `priority` field (the class priority) upstream. vLLM refuses it unless started
+    # with --scheduling-policy priority; turn it off for engines started without it.
+    forward_priority: bool = True
     time_scale: float = Field(default=1.0, gt=0)
 
     @field_validator("model")
@@ -122,6 +125,10 @@ class GatewayConfig(_Strict):
     health_interval_s: float = Field(default=2.0, gt=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     default_max_tokens: int = Field(default=256, ge=1)
+    # POST /v1/echo returns the request body (classified as usual): the network experiments.
+    echo_endpoint: bool = False
+    # Upper bound on waiting for a backend's next bytes before the client gets a 504 / error event.
+    upstream_timeout_s: float = Field(default=60.0, gt=0)
 
 
 class Config(_Strict):

@@ -1,0 +1,111 @@
+"""The upstream adapter: OpenAI-compatible HTTP to model servers, on httpx.
+
+One pooled :class:`httpx.AsyncClient` per backend instance (keep-alive connections sized to the
+instance's batch), so requests to one engine never queue behind another's connections. The same
+calls work against vLLM, TGI, Ollama, llama.cpp and the emulated backend: they all serve
+``POST /v1/chat/completions`` and ``/v1/completions``, streaming as server-sent events.
+
+Failures become :class:`UpstreamError` with the status the client should see (502 unreachable or
+broken, 504 too slow); nothing waits forever: every read has a timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+
+CONNECT_TIMEOUT_S = 2.0
+_JSON_HEADERS = {"content-type": "application/json", "accept": "application/json"}
+_SSE_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
+
+
+class UpstreamError(Exception):
+    def __init__(self, status: int, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.unreachable = unreachable  # the instance could not be reached at all
+
+
+def normalise_base_url(url: str) -> str:
+    """``http://h:8000``, ``http://h:8000/`` and ``http://h:8000/v1`` all mean the same server."""
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    status: int
+    content_type: bytes
+    body: bytes
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class Upstream:
+    """HTTP clients for one backend instance."""
+
+    def __init__(self, name: str, base_url: str, *, max_connections: int,
+                 timeout_s: float) -> None:
+        self.name = name
+        self.base_url = normalise_base_url(base_url)
+        self.client = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S),
+            limits=httpx.Limits(max_connections=max_connections,
+                                max_keepalive_connections=max_connections),
+        )
+
+    def _error(self, exc: Exception) -> UpstreamError:
+        what = _describe(exc)
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return UpstreamError(502, f"backend {self.name} unreachable ({what})",
+                                 unreachable=True)
+        if isinstance(exc, httpx.TimeoutException):
+            return UpstreamError(504, f"backend {self.name} timed out ({what})")
+        return UpstreamError(502, f"backend {self.name} failed ({what})")
+
+    async def post(self, path: str, body: bytes) -> UpstreamResponse:
+        try:
+            r = await self.client.post(path, content=body, headers=_JSON_HEADERS)
+        except httpx.HTTPError as exc:
+            raise self._error(exc) from exc
+        return UpstreamResponse(r.status_code, r.headers.get("content-type", "").encode(),
+                                r.content)
+
+    async def open_stream(self, path: str, body: bytes) -> httpx.Response:
+        """Send a streaming request; the caller reads with :meth:`relay` and must close it."""
+        request = self.client.build_request("POST", path, content=body, headers=_SSE_HEADERS)
+        try:
+            return await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise self._error(exc) from exc
+
+    async def relay(self, response: httpx.Response) -> AsyncIterator[bytes]:
+        """The raw bytes of a streamed body as they arrive.
+
+        Raw chunks, not parsed events: relaying server-sent events byte for byte keeps the
+        engine's framing and costs no parse/re-encode per token; a stream the engine cuts off
+        surfaces as an httpx error (incomplete chunked body), turned into UpstreamError here.
+        """
+        try:
+            async for chunk in response.aiter_raw():
+                if chunk:
+                    yield chunk
+        except httpx.HTTPError as exc:
+            raise self._error(exc) from exc
+
+    async def check(self, timeout_s: float = 1.0) -> bool:
+        """Health probe: the server answers ``GET /v1/models``."""
+        try:
+            r = await self.client.get("/v1/models", timeout=timeout_s)
+        except httpx.HTTPError:
+            return False
+        return r.status_code < 500
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
