@@ -14,7 +14,7 @@ Sources (public, cited so the numbers can be checked):
   cache and sampling; prefill is compute-bound at about ``2 * params`` FLOPs per token at 50%
   of peak. Models that do not fit one GPU use tensor parallelism over ``tp`` GPUs at 90%
   scaling efficiency.
-* Calibration (issue 2): Llama-3.1-8B on A100-80GB with ``max_batch`` 32 saturates at 76.7
+* Calibration (issue 2): Llama-3.1-8B on A100-80GB with ``max_batch`` 32 saturates at 77.2
   requests per minute under the calibration workload (512 input and 1,024 output tokens per
   request), inside the 75-80 RPM the IBM paper measured for that model and GPU on vLLM
   (shared/seeds/000). ``python -m quicgw.bench.backend`` measures it on the emulated backend.
