@@ -1,5 +1,5 @@
-"""The gateway's sans-IO parts without sockets: classification, admission order, the SSE
-parser, development certificates."""
+"""The gateway's sans-IO parts without sockets: classification, admission order, body
+validation, the SSE parser, development certificates."""
 
 import pytest
 from cryptography import x509
@@ -10,6 +10,7 @@ from quicgw.core.classes import DEFAULT_CLASS_TABLE
 from quicgw.core.qos import RequestQoS
 from quicgw.core.routing import InstanceLoad
 from quicgw.gateway.admission import ADMITTED, CANCELLED, WAITING, AdmissionQueue
+from quicgw.gateway.app import parse_body
 from quicgw.gateway.classify import Classifier
 from quicgw.gateway.http import HTTPError
 from quicgw.tls import dev_certificate
@@ -101,6 +102,28 @@ def test_admission_orders_by_class_then_deadline_then_arrival():
     assert q.release(b) == []  # twice: harmless
     assert (load.in_flight, load.queued) == (2, 1)
     assert q.release(rt) == [bulk] and (load.in_flight, load.queued) == (2, 0)
+
+
+def test_body_validation_messages():
+    ok = parse_body("chat", b'{"messages": [{"role": "user", "content": "hello there"}]}', 99)
+    assert ok.model == "auto" and ok.output_tokens == 99 and not ok.max_tokens_given
+    assert ok.input_tokens > 0
+    assert parse_body("completions", b'{"prompt": [1, 2, 3], "max_tokens": 7}', 9).input_tokens == 3
+    cases = {
+        b"{not json": "not valid JSON",
+        b"[1, 2]": "JSON object",
+        b'{"messages": []}': "'messages'",
+        b'{"messages": [{"content": "x"}]}': "messages[0]",
+        b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}': "'max_tokens'",
+        b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}': "'stream'",
+        b'{"messages": [{"role": "user", "content": "x"}], "model": 5}': "'model'",
+    }
+    for body, needle in cases.items():
+        with pytest.raises(HTTPError) as e:
+            parse_body("chat", body, 16)
+        assert e.value.status == 400 and needle in e.value.message, body
+    with pytest.raises(HTTPError):
+        parse_body("completions", b'{"prompt": {"a": 1}}', 16)
 
 
 def test_sse_parser_reassembles_split_events():

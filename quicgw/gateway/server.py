@@ -1,0 +1,152 @@
+"""The running gateway: the application core behind HTTP/3 (UDP) and HTTP/1.1 + HTTP/2 (TLS/TCP)
+on the same port number.
+
+In-process use (tests, experiments)::
+
+    async with Gateway(config) as gw:        # port 0 in the config: an ephemeral port
+        print(gw.url, gw.port, gw.cafile)    # https://127.0.0.1:PORT, verify clients with cafile
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config as HypercornConfig
+
+from quicgw.config import Config
+from quicgw.gateway.app import GatewayApp
+from quicgw.gateway.asgi import AsgiAdapter
+from quicgw.gateway.h3server import H3Server, serve_h3, server_configuration
+from quicgw.tls import CertificateFiles, dev_certificate
+
+log = logging.getLogger("quicgw.gateway")
+
+_BIND_ATTEMPTS = 64
+
+
+def bind_udp_tcp(host: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """A UDP and a listening-ready TCP socket bound to the same port number.
+
+    With ``port`` 0 the kernel picks the TCP port and the UDP socket takes the same number,
+    retrying when that UDP port happens to be taken.
+    """
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    last_error: OSError | None = None
+    for _ in range(_BIND_ATTEMPTS if port == 0 else 1):
+        tcp = socket.socket(family, socket.SOCK_STREAM)
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if family == socket.AF_INET6:
+                for s in (tcp, udp):
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            tcp.bind(address)
+            udp.bind((address[0], tcp.getsockname()[1], *address[2:]))
+            tcp.listen(1024)
+            tcp.setblocking(False)
+            udp.setblocking(False)
+            return udp, tcp
+        except OSError as e:
+            tcp.close()
+            udp.close()
+            last_error = e
+    raise OSError(f"cannot bind UDP and TCP on {host}:{port}: {last_error}")
+
+
+class Gateway:
+    """The gateway serving ``config`` until :meth:`stop` (or the ``async with`` block ends)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.app: GatewayApp | None = None
+        self.h3: H3Server | None = None
+        self.port: int | None = None
+        self.host = config.gateway.host
+        self.certificate: CertificateFiles | None = None
+        self._tcp_task: asyncio.Task | None = None
+        self._stopping = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
+
+    @property
+    def cafile(self) -> str | None:
+        """The CA that signed the server certificate (None for an operator-supplied one)."""
+        return self.certificate.cafile if self.certificate else None
+
+    def _certificate(self) -> CertificateFiles:
+        gw = self.config.gateway
+        if gw.certfile and gw.keyfile:
+            return CertificateFiles(gw.certfile, gw.keyfile)
+        if gw.certfile or gw.keyfile:
+            raise ValueError("gateway: give both certfile and keyfile, or neither")
+        return dev_certificate()
+
+    async def start(self) -> None:
+        gw = self.config.gateway
+        self.certificate = self._certificate()
+        self.app = GatewayApp(self.config)
+        udp, tcp = bind_udp_tcp(gw.host, gw.port)
+        self.port = tcp.getsockname()[1]
+        try:
+            quic_config = server_configuration(self.certificate.certfile,
+                                               self.certificate.keyfile)
+            self.h3 = await serve_h3(self.app, gw.host, self.port, quic_config,
+                                     scheduler=gw.scheduler,
+                                     max_streams=gw.max_streams_per_connection, sock=udp)
+        except BaseException:
+            udp.close()
+            tcp.close()
+            raise
+        hc = HypercornConfig()
+        hc.bind = [f"fd://{tcp.detach()}"]  # hypercorn's socket object owns the fd from here
+        hc.certfile = self.certificate.certfile
+        hc.keyfile = self.certificate.keyfile
+        hc.errorlog = logging.getLogger("quicgw.gateway.tcp")
+        hc.accesslog = None
+        hc.graceful_timeout = gw.shutdown_grace_s
+        hc.h2_max_concurrent_streams = gw.max_streams_per_connection
+        self._tcp_task = asyncio.get_running_loop().create_task(hypercorn_serve(
+            AsgiAdapter(self.app, self.port), hc, shutdown_trigger=self._stopping.wait,
+            mode="asgi"))
+        await self.app.start()
+        log.info("gateway listening on %s (HTTP/3 on UDP, HTTP/1.1 + HTTP/2 on TCP), "
+                 "scheduler=%s router=%s", self.url, gw.scheduler, gw.router)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self.h3 is not None:
+            self.h3.close()
+            self.h3 = None
+        if self._tcp_task is not None:
+            try:
+                await asyncio.wait_for(self._tcp_task, self.config.gateway.shutdown_grace_s + 5)
+            except (TimeoutError, asyncio.CancelledError):
+                self._tcp_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._tcp_task
+            except Exception:
+                log.exception("TLS/TCP listener ended with an error")
+            self._tcp_task = None
+        if self.app is not None:
+            await self.app.aclose()
+            self.app = None
+
+    async def __aenter__(self) -> Gateway:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
