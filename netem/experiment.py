@@ -30,7 +30,7 @@ from typing import Any
 from netem import analysis
 from netem.bound import FluidLink, class_bound
 from netem.ipcmd import NetemError
-from netem.profiles import get_profile
+from netem.profiles import LossSpec, get_profile
 from netem.topology import Topology
 from netem.workload import make_workload
 
@@ -52,10 +52,16 @@ def _read_json_line(proc: subprocess.Popen, timeout: float, what: str) -> dict[s
     return json.loads(line)
 
 
-def run_experiment(a: argparse.Namespace, log=print) -> dict[str, Any]:
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run_experiment(a: argparse.Namespace, log=_log) -> dict[str, Any]:
     profile = get_profile(a.profile)
     if a.queue_limit:
         profile = profile.with_queue(a.queue_limit)
+    if a.loss is not None:
+        profile = profile.with_loss(LossSpec.bernoulli(a.loss / 100.0))
     transports = [s for s in a.schedulers if s != analysis.TCP]
     with_tcp = analysis.TCP in a.schedulers
     seeds = list(range(a.seed_base, a.seed_base + a.seeds))
@@ -164,8 +170,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rate", type=float, default=10.0, help="Poisson arrivals per second")
     ap.add_argument("--queue-limit", type=int, default=None,
                     help="bottleneck buffer in packets (default: the profile's)")
+    ap.add_argument("--loss", type=float, default=None,
+                    help="Bernoulli loss in percent, each direction (default: the profile's)")
     ap.add_argument("--cutoff-factor", type=float, default=None,
-                    help="give up on a request after this many deadlines (default 2, quick 1.2)")
+                    help="give up on a request after this many deadlines (default 2, quick 1)")
     ap.add_argument("--out", default=None, help="output directory (default results/netem/...)")
     ap.add_argument("--quick", action="store_true",
                     help=f"one seed, schedulers {','.join(QUICK_SCHEDULERS)},tcp: under a minute")
@@ -180,7 +188,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         ap.error(f"unknown scheduler(s) {', '.join(unknown)}")
     a.seeds = a.seeds or (1 if a.quick else 3)
-    a.cutoff_factor = a.cutoff_factor or (1.2 if a.quick else 2.0)
+    a.cutoff_factor = a.cutoff_factor or (1.0 if a.quick else 2.0)
     if a.requests < 1:
         ap.error("--requests must be >= 1")
     if not a.out:

@@ -30,7 +30,6 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -367,16 +366,3 @@ class Topology:
                 out["pids"] += namespace_pids(runner, ns)
         return out
 
-
-def wait_port(topo: Topology, role: str, host: str, port: int, proto: str = "tcp",
-              timeout: float = 20.0) -> None:
-    """Wait until something listens on ``host:port`` inside ``role``'s namespace."""
-    flag = "-ltnH" if proto == "tcp" else "-lunH"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        cp = topo.runner.run(["ip", "netns", "exec", topo.ns(role), "ss", flag], check=False)
-        if f"{host}:{port} " in cp.stdout or f"*:{port} " in cp.stdout or \
-                f"0.0.0.0:{port} " in cp.stdout:
-            return
-        time.sleep(0.1)
-    raise NetemError(f"nothing listens on {proto} {host}:{port} in {role} after {timeout}s")
