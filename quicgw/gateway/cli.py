@@ -48,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
     from quicgw.config import ConfigError, load_config
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("quic").setLevel(logging.WARNING)  # aioquic logs every connection at INFO
+    # No per-request or per-connection lines at INFO: aioquic logs every connection, httpx every
+    # upstream request (and health probe).
+    for noisy in ("quic", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         config = _apply_overrides(load_config(args.config), args)
     except ConfigError as e:
