@@ -129,6 +129,15 @@ class GatewayConfig(_Strict):
     echo_endpoint: bool = False
     # Upper bound on waiting for a backend's next bytes before the client gets a 504 / error event.
     upstream_timeout_s: float = Field(default=60.0, gt=0)
+    # Plain-HTTP listener (no TLS) for /metrics and /dashboard, e.g. for Prometheus on a private
+    # network; None: none. admin_host defaults to host.
+    admin_port: int | None = Field(default=None, ge=0, le=65535)
+    admin_host: str | None = None
+    # Also answer /metrics and /dashboard on the public listeners (false: admin port only).
+    public_ops: bool = True
+    # ILP profile and plan JSON files for the dashboard's benchmark browser (searched
+    # recursively); None: the example profiles shipped with ilp.
+    dashboard_data_dir: str | None = None
 
 
 class Config(_Strict):
