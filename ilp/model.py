@@ -122,9 +122,15 @@ def make_solver(name: str = "highs", time_limit: float | None = None, msg: bool 
             return s, "HiGHS"
         if name == "highs":
             raise RuntimeError("HiGHS is not available (pip install highspy)")
-    s = pulp.PULP_CBC_CMD(msg=msg, timeLimit=time_limit, threads=threads)
+    s = pulp.COIN_CMD(msg=msg, timeLimit=time_limit, threads=threads)
     if not s.available():
-        raise RuntimeError("CBC is not available")
+        import warnings
+
+        with warnings.catch_warnings():  # PuLP 3 deprecates its bundled binary; use it anyway
+            warnings.simplefilter("ignore", DeprecationWarning)
+            s = pulp.PULP_CBC_CMD(msg=msg, timeLimit=time_limit, threads=threads)
+    if not s.available():
+        raise RuntimeError("CBC is not available (pip install 'pulp[cbc]')")
     return s, "CBC"
 
 
@@ -209,8 +215,8 @@ def solve(problem: Problem, approach: str = "priority", solver: str = "highs",
     by_type: dict[str, list[int]] = {}
     for pi, p in enumerate(pools):
         ub = _pool_upper_bound(problem, p)
-        n.append(pulp.LpVariable(f"n_{pi}", lowBound=0, upBound=ub, cat=pulp.LpInteger))
-        y.append({c.name: pulp.LpVariable(f"y_{pi}_{ci}", lowBound=0, upBound=c.rate_rpm)
+        n.append(lp.add_variable(f"n_{pi}", 0, ub, cat=pulp.LpInteger))
+        y.append({c.name: lp.add_variable(f"y_{pi}_{ci}", 0, c.rate_rpm)
                   for ci, c in enumerate(p.classes)})
         by_type.setdefault(p.gpu_type.name, []).append(pi)
     lp += pulp.lpSum(_objective_coef(problem, p.gpu_type, p.mode) * n[pi]
@@ -227,7 +233,7 @@ def solve(problem: Problem, approach: str = "priority", solver: str = "highs",
             continue
         prev = None
         for li, lv in enumerate(p.levels):
-            s = pulp.LpVariable(f"s_{pi}_{li}", lowBound=0)
+            s = lp.add_variable(f"s_{pi}_{li}", 0)
             own = pulp.lpSum(y[pi][c.name] for c in lv.classes)
             lp += (s == (own + prev if prev is not None else own), f"cum_{pi}_{li}")
             lp += (s <= lv.cap_rpm * n[pi], f"cap_{pi}_{li}")
@@ -259,7 +265,7 @@ def solve(problem: Problem, approach: str = "priority", solver: str = "highs",
         optimal=lp.sol_status == pulp.LpSolutionOptimal,
         objective_value=float(pulp.value(lp.objective) or 0.0),
         instances=sum(r.count for r in results), solver=display, solve_s=solve_s, build_s=build_s,
-        pools=results, variables=len(lp.variables()), constraints=len(lp.constraints))
+        pools=results, variables=lp.numVariables(), constraints=lp.numConstraints())
 
 
 def _pool_upper_bound(problem: Problem, p: Pool) -> int | None:
@@ -329,10 +335,10 @@ def _solve_per_gpu(problem: Problem, solver: str, time_limit: float | None, msg:
             usable = [c for c in problem.classes if problem.capacity(c, m) > EPS]
             if not usable:
                 continue
-            G[i, j] = pulp.LpVariable(f"G_{i}_{j}", cat=pulp.LpBinary)
+            G[i, j] = lp.add_variable(f"G_{i}_{j}", 0, 1, cat=pulp.LpBinary)
             obj.append(_objective_coef(problem, g, m) * G[i, j])
             for ci, c in enumerate(usable):
-                X[c.name, i, j] = pulp.LpVariable(f"X_{ci}_{i}_{j}", lowBound=0, upBound=c.rate_rpm)
+                X[c.name, i, j] = lp.add_variable(f"X_{ci}_{i}_{j}", 0, c.rate_rpm)
             levels: dict[int, list[Klass]] = {}
             for c in usable:
                 levels.setdefault(c.priority, []).append(c)
@@ -377,5 +383,5 @@ def _solve_per_gpu(problem: Problem, solver: str, time_limit: float | None, msg:
         approach="priority", objective=problem.objective, formulation="per-gpu", status=status,
         optimal=lp.sol_status == pulp.LpSolutionOptimal,
         objective_value=float(pulp.value(lp.objective) or 0.0), instances=len(used),
-        solver=display, solve_s=solve_s, build_s=build_s, variables=len(lp.variables()),
-        constraints=len(lp.constraints), gpus=used)
+        solver=display, solve_s=solve_s, build_s=build_s, variables=lp.numVariables(),
+        constraints=lp.numConstraints(), gpus=used)

@@ -323,6 +323,8 @@ class RequestRecord:
     batch: float | None = None  # server-reported running batch at admission, if any
     klass: str | None = None
     instance: str | None = None  # which instance served it (the gateway's x-quicgw-instance)
+    server_queue_s: float | None = None  # the backend's own timings (quicgw_timings), if sent
+    server_e2el_s: float | None = None
     error: str = ""
 
     @property

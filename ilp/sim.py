@@ -36,9 +36,12 @@ def simulate_instance(model: LatencyModel, classes: Sequence[ClassLoad], duratio
     for ci, c in enumerate(classes):
         if c.rate_rps <= 0:
             continue
-        rng = random.Random(f"{seed}:{ci}:sizes")
+        # The same derivation as the live load generator (ilp.bench.load.run_load), so a
+        # simulation and a live run of the same streams and seed see the same requests.
+        rng = random.Random(f"{seed}:{ci}:{c.name}:sizes")
         times = arrival_times(arrival, c.rate_rps, duration_s,
-                              seed=random.Random(f"{seed}:{ci}:arrivals").getrandbits(32), burstiness=burstiness)
+                              seed=random.Random(f"{seed}:{ci}:{c.name}").getrandbits(32),
+                              burstiness=burstiness)
         for t in times:
             i, o = c.workload.sample(rng)
             arrivals.append((t, ci, c, i, o))

@@ -344,6 +344,8 @@ async def run_load(target: Target, streams: Sequence[Stream], duration_s: float,
                         rec.itl_s = [(b - a) * scale for a, b in zip(token_times, token_times[1:],
                                                                      strict=False)]
                     if isinstance(timings, dict) and "e2el_ms" in timings:
+                        rec.server_e2el_s = timings["e2el_ms"] / 1e3
+                        rec.server_queue_s = timings.get("queue_ms", 0.0) / 1e3
                         service = (timings["e2el_ms"] - timings.get("queue_ms", 0.0)) / 1e3
                         rec.queue_s = max(0.0, rec.e2el_s - service)
                         if rec.ttft_s is None and "ttft_ms" in timings:

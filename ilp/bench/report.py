@@ -45,12 +45,13 @@ def write_requests_csv(records: dict[float, list[RequestRecord]], path: Path) ->
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["rate_rpm", "class", "instance", "arrival_s", "ok", "input_tokens",
-                    "output_tokens", "ttft_s", "e2el_s", "queue_s", "error"])
+                    "output_tokens", "ttft_s", "e2el_s", "queue_s", "server_queue_s",
+                    "server_e2el_s", "error"])
         for rate, recs in sorted(records.items()):
             for r in recs:
                 w.writerow([rate, r.klass or "", r.instance or "", round(r.arrival_s, 4), int(r.ok),
                             r.input_tokens, r.output_tokens, _f(r.ttft_s), _f(r.e2el_s),
-                            _f(r.queue_s), r.error])
+                            _f(r.queue_s), _f(r.server_queue_s), _f(r.server_e2el_s), r.error])
 
 
 def _f(x: float | None) -> str:
