@@ -33,15 +33,27 @@ class ClassConfig(_Strict):
     tier: int = Field(default=0, ge=0, le=7)
     urgency: int = Field(default=3, ge=0, le=7)
     description: str = ""
+    # The tightest deadline a request of this class may ask for in x-deadline-ms. Unset: the
+    # class deadline itself, so a client can relax its deadline but never tighten it to jump
+    # the earliest-deadline-first queues (see quicgw.gateway.classify).
+    min_deadline_ms: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _floor_below_deadline(self) -> ClassConfig:
+        if self.min_deadline_ms is not None and self.min_deadline_ms > self.deadline_ms:
+            raise ValueError(f"min_deadline_ms ({self.min_deadline_ms:g}) is above deadline_ms "
+                             f"({self.deadline_ms:g})")
+        return self
 
     def to_traffic_class(self) -> TrafficClass:
-        return TrafficClass(**self.model_dump())
+        return TrafficClass(**self.model_dump(exclude={"min_deadline_ms"}))
 
 
 class TenantConfig(_Strict):
     name: str = Field(min_length=1)
-    # Give the key in the clear (development) or its SHA-256 hex digest (production).
-    api_key: str | None = Field(default=None, min_length=8)
+    # Give the key in the clear (development) or its SHA-256 hex digest (production). Never
+    # shown in a repr or an error message.
+    api_key: str | None = Field(default=None, min_length=8, repr=False)
     api_key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     classes: list[str] = Field(min_length=1)
     default_class: str | None = None
@@ -78,6 +90,9 @@ class BackendConfig(_Strict):
     max_batch: int | None = Field(default=None, ge=1)
     # The model name to send upstream when it differs from the catalog name (e.g. a HF id).
     served_model_name: str | None = None
+    # Answer in-process at once with a fixed completion, no upstream hop: for measuring the
+    # gateway itself (python -m quicgw.bench.throughput). Needs no url.
+    instant: bool = False
     # Send vLLM's `priority` field (the class priority) upstream. vLLM refuses it unless started
     # with --scheduling-policy priority; turn it off for engines started without it.
     forward_priority: bool = True
@@ -102,12 +117,16 @@ class BackendConfig(_Strict):
     def _where(self) -> BackendConfig:
         if self.emulated and self.port is None and self.url is None:
             raise ValueError("an emulated backend needs a port")
-        if not self.emulated and self.url is None:
-            raise ValueError("give url, or emulated = true with a port")
+        if self.instant and (self.emulated or self.url is not None):
+            raise ValueError("an instant backend takes neither url nor emulated")
+        if not self.emulated and not self.instant and self.url is None:
+            raise ValueError("give url, or emulated = true with a port, or instant = true")
         return self
 
     @property
     def base_url(self) -> str:
+        if self.instant:
+            return "instant:"
         return self.url or f"http://127.0.0.1:{self.port}"
 
 
@@ -121,9 +140,30 @@ class GatewayConfig(_Strict):
     router_options: dict[str, str | int | float | bool] = Field(default_factory=dict)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     anonymous_class: str | None = None
+    # Rate limits shared by all anonymous users (anonymous_class, or an open gateway).
+    anonymous_requests_per_minute: float | None = Field(default=None, gt=0)
+    anonymous_tokens_per_minute: float | None = Field(default=None, gt=0)
     max_streams_per_connection: int = Field(default=1000, ge=1)
     health_interval_s: float = Field(default=2.0, gt=0)
+    # Consecutive failed probes that mark an instance down, passed probes that bring it back.
+    # A backend that refuses a connection is marked down at once, without waiting for a probe.
+    health_fall: int = Field(default=2, ge=1)
+    health_rise: int = Field(default=1, ge=1)
+    health_timeout_s: float = Field(default=1.0, gt=0)
+    # On stop: HTTP/3 GOAWAY (HTTP/2 GOAWAY on TCP), then in-flight requests get this long to
+    # finish before they are ended with an explicit error and the connections closed.
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # A proxied request is given up (504, or an error event in a started stream) once
+    # deadline_timeout_factor times its deadline has passed since it arrived: queue time
+    # included. Clients that want to wait longer relax x-deadline-ms.
+    deadline_timeout_factor: float = Field(default=3.0, ge=1.0)
+    # Response bytes the gateway holds for a peer that does not read (not yet sent because
+    # flow control or congestion holds them), per stream and per connection; a response
+    # writer waits beyond them, and a writer that could not write for write_stall_timeout_s
+    # is ended (stream reset, backend request cancelled, slot freed).
+    stream_buffer_bytes: int = Field(default=1 << 20, ge=16 << 10)
+    connection_buffer_bytes: int = Field(default=16 << 20, ge=64 << 10)
+    write_stall_timeout_s: float = Field(default=10.0, gt=0)
     default_max_tokens: int = Field(default=256, ge=1)
     # POST /v1/echo returns the request body (classified as usual): the network experiments.
     echo_endpoint: bool = False
@@ -153,6 +193,9 @@ class Config(_Strict):
         if len(set(names)) != len(names):
             raise ValueError("classes: duplicate class name")
         for i, t in enumerate(self.tenants):
+            if t.name == "anonymous":
+                raise ValueError(f"tenants[{i}].name: 'anonymous' is reserved for requests "
+                                 f"without a key")
             for c in t.classes:
                 if c not in names:
                     raise ValueError(f"tenants[{i}].classes: unknown class {c!r}")

@@ -48,8 +48,12 @@ def test_tenant_key_gives_default_class_and_its_deadline():
 
 def test_header_class_deadline_and_errors():
     q = _classify({"authorization": "Bearer sk-test-interactive", "x-traffic-class": "free",
+                   "x-deadline-ms": "2500"})
+    assert q.class_name == "free" and q.deadline == pytest.approx(102.5)
+    # Tighter than the class deadline: clamped to it (no self-promotion; issue 8).
+    q = _classify({"authorization": "Bearer sk-test-interactive", "x-traffic-class": "free",
                    "x-deadline-ms": "250"})
-    assert q.class_name == "free" and q.deadline == pytest.approx(100.25)
+    assert q.deadline == pytest.approx(100.0 + DEFAULT_CLASS_TABLE["free"].deadline_ms / 1e3)
     assert _status({}) == 401  # no key, no anonymous class
     assert _status({"authorization": "Bearer sk-wrong-key"}) == 401
     assert _status({"authorization": "Basic abc"}) == 401

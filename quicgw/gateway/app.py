@@ -11,6 +11,22 @@ hypercorn over TLS/TCP in :mod:`quicgw.gateway.asgi`) drive it the same way::
 ``handle`` parses and validates the OpenAI body, routes it (``gateway.router`` over a live
 :class:`~quicgw.core.routing.ClusterView`), waits for admission to the chosen instance, proxies
 it upstream and relays the answer (token streams chunk by chunk as they arrive).
+
+Reliability, in the same place:
+
+* rate limits (:mod:`quicgw.gateway.ratelimit`): requests per minute at ``open``, tokens per
+  minute when the body is parsed; 429 with Retry-After;
+* every proxied request expires ``deadline_timeout_factor`` times its deadline after it
+  arrived, queue time included: 504, or an error event in a stream already started, and the
+  backend request is cancelled;
+* health (:mod:`quicgw.gateway.health`): probes every ``health_interval_s``; an instance that
+  goes down sends the requests waiting in its admission queue to other instances, as does a
+  backend that refuses the connection; a backend that fails after the request reached it is an
+  explicit error for that request (502), never a retry that could run a request twice;
+* a token stream the backend ends without ``data: [DONE]`` gets an error event appended, so a
+  truncated answer is never mistaken for a complete one;
+* graceful shutdown is the transports' (GOAWAY, drain); ``draining`` makes ``/healthz`` say
+  so, for load balancers.
 """
 
 from __future__ import annotations
@@ -38,7 +54,8 @@ from quicgw.core.routing import (
 )
 from quicgw.core.tokens import estimate_chat_tokens, estimate_prompt_tokens
 from quicgw.gateway.admission import ADMITTED, AdmissionQueue, Ticket
-from quicgw.gateway.classify import Classifier
+from quicgw.gateway.classify import ANONYMOUS, Classifier
+from quicgw.gateway.health import DOWN, HealthState
 from quicgw.gateway.http import (
     JSON,
     SSE,
@@ -49,7 +66,8 @@ from quicgw.gateway.http import (
     error_body,
     error_response,
 )
-from quicgw.gateway.upstream import Upstream, UpstreamError
+from quicgw.gateway.ratelimit import RateLimited, RateLimiter
+from quicgw.gateway.upstream import InstantUpstream, Upstream, UpstreamError
 
 log = logging.getLogger("quicgw.gateway")
 
@@ -75,6 +93,7 @@ class Exchange:
     arrival: float
     qos: RequestQoS | None = None
     error: Response | None = None
+    response_started: bool = False  # a streamed response's headers are out
 
 
 @dataclass(slots=True)
@@ -84,9 +103,14 @@ class Instance:
     info: InstanceInfo
     load: InstanceLoad
     queue: AdmissionQueue
-    upstream: Upstream
+    upstream: Upstream | InstantUpstream
     served_model: str
     headers: Headers  # response headers naming the instance (built once)
+    health: HealthState
+
+
+class InstanceDown(Exception):
+    """The instance a request was waiting for went down: route the request again."""
 
 
 @dataclass(slots=True)
@@ -185,12 +209,22 @@ class GatewayApp:
                 index=i, backend=b,
                 info=InstanceInfo(b.name, model.name, b.gpu, lm, dict(model.quality)),
                 load=load, queue=AdmissionQueue(lm.max_batch, load),
-                upstream=Upstream(b.name, b.base_url, max_connections=lm.max_batch + 4,
-                                  timeout_s=gw.upstream_timeout_s),
+                upstream=(InstantUpstream(b.name, b.served_model_name or model.name)
+                          if b.instant else
+                          Upstream(b.name, b.base_url, max_connections=lm.max_batch + 4,
+                                   timeout_s=gw.upstream_timeout_s)),
                 served_model=b.served_model_name or model.name,
                 headers=[(b"x-quicgw-instance", b.name.encode()),
                          (b"x-quicgw-model", model.name.encode())],
+                health=HealthState(gw.health_fall, gw.health_rise),
             ))
+        now = clock()
+        self.limiter = RateLimiter(
+            {**{t.name: (t.requests_per_minute, t.tokens_per_minute) for t in config.tenants},
+             ANONYMOUS: (gw.anonymous_requests_per_minute, gw.anonymous_tokens_per_minute)},
+            now)
+        self.timeout_factor = gw.deadline_timeout_factor
+        self.draining = False  # shutting down (the transports drain; /healthz says so)
         self.cluster = ClusterView([i.info for i in self.instances],
                                    [i.load for i in self.instances])
         self.router: Router = create_router(gw.router, **gw.router_options)
@@ -221,11 +255,31 @@ class GatewayApp:
             await inst.upstream.aclose()
 
     async def check_health(self) -> None:
-        results = await asyncio.gather(*(i.upstream.check() for i in self.instances))
+        timeout = self.config.gateway.health_timeout_s
+        results = await asyncio.gather(*(i.upstream.check(timeout) for i in self.instances))
+        now = self.clock()
         for inst, ok in zip(self.instances, results, strict=True):
-            if ok != inst.load.healthy:
-                log.warning("backend %s is %s", inst.backend.name, "up" if ok else "DOWN")
-                inst.load.healthy = ok
+            change = inst.health.probe(ok, now)
+            if change is not None:
+                self._health_changed(inst, change)
+
+    def mark_down(self, inst: Instance, reason: str) -> None:
+        """A request could not reach the instance: down now (probes bring it back)."""
+        change = inst.health.request_failed(self.clock(), reason)
+        if change is not None:
+            self._health_changed(inst, change)
+
+    def _health_changed(self, inst: Instance, change: str) -> None:
+        inst.load.healthy = inst.health.healthy
+        if change == DOWN:
+            log.warning("backend %s is DOWN (%s)", inst.backend.name, inst.health.reason)
+            # Requests waiting for it have not started there: send them elsewhere.
+            for ticket in inst.queue.waiting():
+                inst.queue.release(ticket)
+                if ticket.waiter is not None and not ticket.waiter.done():
+                    ticket.waiter.set_exception(InstanceDown(inst.backend.name))
+        else:
+            log.warning("backend %s is up", inst.backend.name)
 
     async def _health_loop(self) -> None:
         interval = self.config.gateway.health_interval_s
@@ -254,9 +308,13 @@ class GatewayApp:
         ex = Exchange(endpoint, headers, now)
         if classified:
             try:
-                ex.qos = self.classifier.classify(headers, now)
+                ex.qos = qos = self.classifier.classify(headers, now)
+                if self.limiter:
+                    self.limiter.request(qos.tenant, now)
             except HTTPError as e:
                 ex.error = e.response()
+            except RateLimited as e:
+                ex.error = _rate_limited(e).response()
         return ex
 
     async def handle(self, ex: Exchange, body: bytes, out: Responder) -> None:
@@ -280,15 +338,18 @@ class GatewayApp:
 
     # -- helpers -----------------------------------------------------------------------------
     def _health_body(self) -> bytes:
-        return json.dumps({"status": "ok", "instances": [
+        return json.dumps({"status": "draining" if self.draining else "ok", "instances": [
             {"name": i.backend.name, "model": i.info.model, "healthy": i.load.healthy,
-             "in_flight": i.load.in_flight, "queued": i.load.queued}
+             "reason": i.health.reason, "in_flight": i.load.in_flight,
+             "queued": i.load.queued}
             for i in self.instances]}).encode()
 
     @staticmethod
     def _qos_headers(qos: RequestQoS) -> Headers:
         return [(b"x-quicgw-class", qos.traffic_class.name.encode()),
-                (b"x-quicgw-urgency", str(qos.priority.urgency).encode())]
+                (b"x-quicgw-urgency", str(qos.priority.urgency).encode()),
+                (b"x-quicgw-deadline-ms",
+                 b"%d" % round((qos.deadline - qos.arrival) * 1000.0))]
 
     def _router_for(self, model: str) -> Router:
         if model == AUTO_MODEL:
@@ -364,32 +425,69 @@ class GatewayApp:
     async def _proxy(self, ex: Exchange, body: bytes, out: Responder) -> None:
         req = parse_body(ex.endpoint, body, self.default_max_tokens)
         qos = ex.qos
+        now = self.clock()
+        reserved = 0
+        if self.limiter:
+            try:
+                reserved = self.limiter.reserve_tokens(
+                    qos.tenant, req.input_tokens + req.output_tokens, now)
+            except RateLimited as e:
+                raise _rate_limited(e) from None
         self.rates.observe(qos.traffic_class.name, ex.arrival)
+        budget_s = (qos.deadline - ex.arrival) * self.timeout_factor
+        outcome = _FAILED
+        try:
+            async with asyncio.timeout(ex.arrival + budget_s - now):
+                outcome = await self._serve(ex, req, out)
+        except TimeoutError:
+            message = (f"request expired: no complete answer within {budget_s:.3g} s "
+                       f"({self.timeout_factor:g} x its deadline of "
+                       f"{(qos.deadline - ex.arrival) * 1000:.0f} ms, queue time included)")
+            if not ex.response_started:
+                raise HTTPError(504, message, "deadline_expired") from None
+            await _stream_error(out, 504, message, "deadline_expired")
+        finally:
+            if reserved:
+                # Served requests pay for what they used (the reservation when the backend
+                # did not say); requests that got an error pay nothing.
+                if outcome == _FAILED:
+                    self.limiter.give_back_tokens(qos.tenant, reserved, self.clock())
+                elif outcome > 0:
+                    self.limiter.give_back_tokens(
+                        qos.tenant, max(0, req.output_tokens - outcome), self.clock())
+
+    async def _serve(self, ex: Exchange, req: ParsedBody, out: Responder) -> int:
+        """Route, admit, proxy, relay. Returns _FAILED if the client got an error, else the
+        output tokens the backend reported using (_UNKNOWN_USAGE when it did not say)."""
+        qos = ex.qos
         path = _UPSTREAM_PATH[ex.endpoint]
         tried: set[int] = set()
         while True:
             inst = self._route(ex, req, tried)
-            ticket = await self._admit(inst, qos)
+            try:
+                ticket = await self._admit(inst, qos)
+            except InstanceDown:
+                tried.add(inst.index)  # it went down while we waited: not started there
+                continue
             try:
                 payload = self._upstream_body(inst, req, qos)
                 headers = [*inst.headers, *self._qos_headers(qos)]
                 if req.stream:
-                    await self._stream(inst, path, payload, headers, out)
-                else:
-                    r = await inst.upstream.post(path, payload)
-                    if r.status >= 500:
-                        raise UpstreamError(502, f"backend {inst.backend.name} answered "
-                                                 f"{r.status}: {r.body[:200]!r}")
-                    await out.respond(r.status, [(b"content-type", r.content_type or JSON),
-                                                 *headers], r.body)
-                return
+                    return await self._stream(ex, inst, path, payload, headers, out)
+                r = await inst.upstream.post(path, payload)
+                if r.status >= 500:
+                    raise UpstreamError(502, f"backend {inst.backend.name} answered "
+                                             f"{r.status}: {r.body[:200]!r}")
+                await out.respond(r.status, [(b"content-type", r.content_type or JSON),
+                                             *headers], r.body)
+                if r.status >= 400:
+                    return _FAILED
+                return _completion_tokens(r.body) if self.limiter else _UNKNOWN_USAGE
             except UpstreamError as e:
                 if e.unreachable:
                     # Not started anywhere: mark it down (health checks bring it back) and
                     # try another instance that may serve the request.
-                    if inst.load.healthy:
-                        log.warning("backend %s unreachable; marked down", inst.backend.name)
-                    inst.load.healthy = False
+                    self.mark_down(inst, e.message)
                     tried.add(inst.index)
                     if len(tried) < len(self.instances):
                         continue
@@ -397,11 +495,10 @@ class GatewayApp:
             finally:
                 self._release(inst, ticket)
 
-    async def _stream(self, inst: Instance, path: str, payload: bytes, headers: Headers,
-                      out: Responder) -> None:
+    async def _stream(self, ex: Exchange, inst: Instance, path: str, payload: bytes,
+                      headers: Headers, out: Responder) -> int:
         upstream = inst.upstream
         response = await upstream.open_stream(path, payload)
-        started = False
         try:
             if response.status_code != 200:
                 data = await response.aread()
@@ -411,20 +508,54 @@ class GatewayApp:
                 ctype = response.headers.get("content-type", "application/json").encode()
                 await out.respond(response.status_code, [(b"content-type", ctype), *headers],
                                   data)
-                return
+                return _FAILED
             await out.start(200, [(b"content-type", SSE), (b"cache-control", b"no-cache"),
                                   *headers])
-            started = True
+            ex.response_started = True
+            tail = b""
             async for chunk in upstream.relay(response):
                 await out.write(chunk)
+                tail = (tail + chunk)[-_DONE_TAIL:] if len(chunk) < _DONE_TAIL else chunk[-_DONE_TAIL:]
+            if not tail.rstrip().endswith(_DONE):
+                # The engine closed the stream cleanly but never said it was complete.
+                await _stream_error(out, 502, f"backend {inst.backend.name} ended the token "
+                                              f"stream without data: [DONE]", "upstream_error")
+                return _FAILED
             await out.finish()
+            return _UNKNOWN_USAGE
         except UpstreamError as e:
-            if not started:
+            if not ex.response_started:
                 raise
             # Headers are gone: tell the client in-band, as an SSE error event, and end the
             # stream without [DONE] so no client mistakes it for a complete answer.
-            await out.write(b"data: " + error_body(e.status, e.message, "upstream_error")
-                            + b"\n\n")
-            await out.finish()
+            await _stream_error(out, e.status, e.message, "upstream_error")
+            return _FAILED
         finally:
             await response.aclose()
+
+
+_FAILED = -1  # outcomes of _serve
+_UNKNOWN_USAGE = 0
+_DONE = b"data: [DONE]"
+_DONE_TAIL = 32
+
+
+async def _stream_error(out: Responder, status: int, message: str, code: str) -> None:
+    """End a started token stream with an error event (no [DONE])."""
+    await out.write(b"data: " + error_body(status, message, code) + b"\n\n")
+    await out.finish()
+
+
+def _rate_limited(e: RateLimited) -> HTTPError:
+    header = e.retry_after_header
+    return HTTPError(429, str(e), f"{e.what}_per_minute_exceeded",
+                     headers=[(b"retry-after", header)] if header is not None else None)
+
+
+def _completion_tokens(body: bytes) -> int:
+    """Output tokens from a response's ``usage`` (_UNKNOWN_USAGE when it has none)."""
+    try:
+        n = json.loads(body)["usage"]["completion_tokens"]
+    except (ValueError, KeyError, TypeError):
+        return _UNKNOWN_USAGE
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else _UNKNOWN_USAGE

@@ -10,7 +10,14 @@ From the request headers and the caller's clock to a :class:`~quicgw.core.qos.Re
   missing key is 401 unless ``gateway.anonymous_class`` names the one class anonymous users get;
 * class from ``x-traffic-class``, else the tenant's default; a class the tenant may not use is
   403, or the tenant's default class when the tenant is configured to ``downgrade``;
-* deadline from ``x-deadline-ms`` (a positive number of milliseconds), else the class default;
+* deadline from ``x-deadline-ms`` (a positive number of milliseconds), else the class default.
+  A client may relax its deadline but not tighten it below the class's floor
+  (``min_deadline_ms``, which defaults to the class deadline itself): the deadline orders the
+  admission queues and the EDF-family packet schedulers, so a tighter one would jump the queue.
+  A tighter value is clamped to the floor, not refused (the response's ``x-quicgw-deadline-ms``
+  says what was applied). An open gateway (no tenants: no identities, and every client may
+  already choose every class) applies only explicit ``min_deadline_ms`` floors, so experiments
+  can send per-request deadlines;
 * RFC 9218 ``priority`` parsed with :func:`quicgw.core.qos.parse_priority` on top of the class's
   urgency; the urgency is clamped so a client can only make itself *less* urgent than its class.
 """
@@ -54,6 +61,11 @@ class Classifier:
         # Open gateway (no tenants): anonymous users may use every class and default to the
         # least urgent one, so forgetting the header never promotes anybody.
         least_urgent = max(table, key=lambda c: (c.priority, c.name)).name
+        # The tightest deadline (ms) a request may set per class (see the module docstring).
+        self.deadline_floor: dict[str, float] = {
+            c.name: (c.min_deadline_ms if c.min_deadline_ms is not None
+                     else (c.deadline_ms if config.tenants else 0.0))
+            for c in config.classes}
         if not self.tenants:
             self.anonymous: Tenant | None = Tenant(
                 ANONYMOUS, b"", frozenset(self.classes), least_urgent, False)
@@ -118,6 +130,9 @@ class Classifier:
                                      f"(0, {MAX_DEADLINE_MS:.0f}], got "
                                      f"{raw_deadline.decode('latin-1')[:40]!r}",
                                 "invalid_deadline")
+            floor = self.deadline_floor[name]
+            if deadline_ms < floor:
+                deadline_ms = floor  # never promote yourself by a tighter deadline
 
         prio = self.clamp(parse_priority(headers.get(b"priority"), self.base_priority[name]), tc)
         return RequestQoS(tc, now, now + deadline_ms / 1000.0, prio, tenant.name)

@@ -11,17 +11,33 @@ one task per request once its body is in.
 The coupling to the scheduler: :meth:`ScheduledQuicConnection.set_stream_qos` as soon as a
 request's headers are classified, and ``set_stream_priority`` for a PRIORITY_UPDATE, whose
 urgency is clamped to the class's first (a client may lower its urgency, never raise it).
+
+Bounded memory for a peer that does not read: aioquic buffers whatever the application writes,
+whether or not flow control lets it out. Response writers here wait while their stream holds
+more than ``gateway.stream_buffer_bytes`` unsent bytes or the connection more than
+``gateway.connection_buffer_bytes`` (counted in O(1): bytes written minus the connection's
+flow-control bytes used); the wait propagates to the backend over TCP. A writer that cannot write
+for ``gateway.write_stall_timeout_s`` has its stream reset (H3_REQUEST_CANCELLED), which cancels
+the backend request and frees its slot.
+
+Graceful shutdown (:meth:`H3Server.shutdown`): GOAWAY in two steps (RFC 9114 section 5.2: first
+the largest stream ID, then, after the requests already in flight have had time to arrive, the
+first ID that will not be processed); requests on later streams are reset with
+H3_REQUEST_REJECTED (never processed: a client may retry them elsewhere); requests in flight get
+the grace period to finish, then an explicit end (503, or a stream reset); then every connection
+closes with H3_NO_ERROR. New connections during the shutdown are closed at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import replace
 
-from aioquic.buffer import Buffer
-from aioquic.h3.connection import H3_ALPN, ErrorCode
+from aioquic.buffer import Buffer, encode_uint_var
+from aioquic.h3.connection import H3_ALPN, ErrorCode, FrameType, encode_frame
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
@@ -51,6 +67,10 @@ log = logging.getLogger("quicgw.gateway.h3")
 # Flow-control windows for the gateway side: large enough for many concurrent 100 KB uploads.
 MAX_DATA = 16 << 20
 MAX_STREAM_DATA = 1 << 20
+# The largest client-initiated bidirectional stream ID (2^62 - 4): the first GOAWAY.
+MAX_CLIENT_STREAM_ID = (1 << 62) - 4
+# Responses up to this size are written at once, without looking at buffer limits.
+_SMALL_RESPONSE = 16 << 10
 
 _STATUS = {s: str(s).encode() for s in range(100, 600)}
 
@@ -72,16 +92,33 @@ def set_peer_stream_limit(quic: ScheduledQuicConnection, max_streams: int) -> No
     aioquic hard-codes an initial limit of 128 and has no setting for it, so this sets its
     ``Limit`` before the handshake sends the transport parameters (aioquic 1.7 internals, the
     version pyproject pins). The limit is then raised by one per closed stream, as aioquic does.
+    A peer that opens more is closed with STREAM_LIMIT_ERROR by aioquic.
     """
     limit = quic._local_max_streams_bidi
     limit.value = limit.sent = max_streams
+
+
+def _takes_max_streams(cls: type) -> bool:
+    """Whether the connection class sets the stream limit itself (``max_streams_bidi=``)."""
+    try:
+        return "max_streams_bidi" in inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+_NATIVE_STREAM_LIMIT = _takes_max_streams(ScheduledQuicConnection)
+
+
+class _WriterStalled(Exception):
+    pass
 
 
 class RequestStream:
     """One request on one QUIC stream; the :class:`~quicgw.gateway.http.Responder` of its
     exchange."""
 
-    __slots__ = ("conn", "stream_id", "exchange", "chunks", "size", "task", "closed", "started")
+    __slots__ = ("conn", "stream_id", "exchange", "chunks", "size", "task", "closed", "started",
+                 "sender", "reset")
 
     def __init__(self, conn: H3ServerConnection, stream_id: int, exchange: Exchange) -> None:
         self.conn = conn
@@ -92,6 +129,8 @@ class RequestStream:
         self.task: asyncio.Task | None = None
         self.closed = False  # the peer reset or stopped it, or we are done with its input
         self.started = False
+        self.sender = conn.quic._streams[stream_id].sender  # aioquic's send side, for accounting
+        self.reset = False  # our send side was reset (by us, or by aioquic on STOP_SENDING)
 
     # -- input ---------------------------------------------------------------------------
     def on_data(self, data: bytes, ended: bool) -> None:
@@ -132,8 +171,8 @@ class RequestStream:
     async def _run(self, body: bytes) -> None:
         try:
             await self.conn.app.handle(self.exchange, body, self)
-        except asyncio.CancelledError:
-            pass  # the peer reset the stream or the connection closed
+        except (asyncio.CancelledError, _WriterStalled):
+            pass  # the peer reset the stream, stopped reading, or the connection closed
         except Exception:
             log.exception("request on stream %d failed", self.stream_id)
             if self.closed:
@@ -149,41 +188,113 @@ class RequestStream:
     def abort(self, code: int) -> None:
         if not self.closed:
             self.closed = True
-            self.conn.quic.reset_stream(self.stream_id, code)
+            try:
+                self.conn.quic.reset_stream(self.stream_id, code)
+            except ValueError:
+                pass
+            self.send_side_reset()
             self.conn.transmit_soon()
 
-    def on_peer_abort(self) -> None:
+    def on_peer_abort(self, reset_ours: bool = False) -> None:
         self.closed = True
+        if reset_ours:
+            # The client cancelled its request (RESET_STREAM): cancel the response as well,
+            # or our half of the stream would never finish and its slot never come back.
+            try:
+                self.conn.quic.reset_stream(self.stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+            except ValueError:
+                pass
+        self.send_side_reset()
         if self.task is not None:
             self.task.cancel()
 
+    def send_side_reset(self) -> None:
+        """Our send side will send nothing more: its unsent bytes leave the connection's
+        count."""
+        if not self.reset:
+            self.reset = True
+            sender = self.sender
+            self.conn.written -= max(0, sender._buffer_stop - sender.highest_offset)
+
+    def unsent(self) -> int:
+        sender = self.sender
+        return sender._buffer_stop - sender.highest_offset
+
+    async def _room(self) -> None:
+        """Wait until this stream and its connection are below their buffer limits."""
+        conn = self.conn
+        if conn.unsent() <= conn.connection_budget and self.unsent() <= conn.stream_budget:
+            return
+        waiter = conn.loop.create_future()
+        conn.blocked[self] = waiter
+        try:
+            await asyncio.wait_for(waiter, conn.server.write_stall_timeout_s)
+        except TimeoutError:
+            log.info("stream %d: the peer read nothing for %g s; resetting it", self.stream_id,
+                     conn.server.write_stall_timeout_s)
+            self.abort(ErrorCode.H3_REQUEST_CANCELLED)
+            raise _WriterStalled from None
+        finally:
+            conn.blocked.pop(self, None)
+
+    def _wrote(self, before: int) -> None:
+        self.conn.written += self.sender._buffer_stop - before
+
     # -- Responder ---------------------------------------------------------------------------
     def _send_now(self, status: int, headers: Headers, body: bytes) -> None:
-        if self.closed:
+        if self.closed or self.started:
             return
         self.started = True
         h3 = self.conn.h3
+        before = self.sender._buffer_stop
         h3.send_headers(self.stream_id, [(b":status", _STATUS[status]), *headers,
                                          (b"content-length", str(len(body)).encode())],
                         end_stream=not body)
         if body:
             h3.send_data(self.stream_id, body, end_stream=True)
+        self._wrote(before)
         self.conn.transmit_soon()
 
     async def respond(self, status: int, headers: Headers, body: bytes) -> None:
-        self._send_now(status, headers, body)
+        if len(body) <= _SMALL_RESPONSE:
+            self._send_now(status, headers, body)
+            return
+        # A large body goes out in pieces, each waiting for room (a peer that does not read
+        # holds at most the buffer limits, not the whole body).
+        await self.start(status, [*headers, (b"content-length", str(len(body)).encode())])
+        view = memoryview(body)
+        step = max(_SMALL_RESPONSE, self.conn.stream_budget // 4)
+        for offset in range(0, len(body), step):
+            if self.closed:
+                return
+            await self._room()
+            if self.closed:
+                return
+            last = offset + step >= len(body)
+            before = self.sender._buffer_stop
+            self.conn.h3.send_data(self.stream_id, bytes(view[offset:offset + step]),
+                                   end_stream=last)
+            self._wrote(before)
+            self.conn.transmit_soon()
 
     async def start(self, status: int, headers: Headers) -> None:
         if self.closed:
             return
         self.started = True
+        before = self.sender._buffer_stop
         self.conn.h3.send_headers(self.stream_id, [(b":status", _STATUS[status]), *headers])
+        self._wrote(before)
         self.conn.transmit_soon()
 
     async def write(self, data: bytes) -> None:
         if self.closed:
             return
+        await self._room()
+        if self.closed:
+            return
+        before = self.sender._buffer_stop
         self.conn.h3.send_data(self.stream_id, data, end_stream=False)
+        self._wrote(before)
         self.conn.transmit_soon()
 
     async def finish(self) -> None:
@@ -191,6 +302,20 @@ class RequestStream:
             return
         self.conn.h3.send_data(self.stream_id, b"", end_stream=True)
         self.conn.transmit_soon()
+
+    def end_for_shutdown(self) -> None:
+        """The grace period is over: end this request explicitly."""
+        if self.task is not None:
+            self.task.cancel()
+        if self.closed:
+            return
+        if not self.started:
+            r = error_response(503, "the gateway shut down before this request finished",
+                               "shutting_down", [(b"retry-after", b"1")])
+            self._send_now(r.status, r.headers, r.body)
+            self.closed = True
+        else:
+            self.abort(ErrorCode.H3_REQUEST_CANCELLED)
 
 
 class H3ServerConnection:
@@ -209,6 +334,22 @@ class H3ServerConnection:
         self._timer_at: float | None = None
         self._transmit_handle: asyncio.Handle | None = None
         self.terminated = False
+        # Response bytes written into aioquic's stream buffers (minus those of streams reset
+        # before sending them); minus the flow-control bytes used, the bytes not yet sent.
+        self.written = 0
+        self.stream_budget = server.stream_buffer_bytes
+        self.connection_budget = server.connection_buffer_bytes
+        self.blocked: dict[RequestStream, asyncio.Future] = {}  # writers waiting for room
+        self.last_stream_id = -4  # the highest request stream whose headers arrived
+        self.goaway_id: int | None = None  # streams from this ID on are refused
+
+    def unsent(self) -> int:
+        return self.written - self.quic._remote_max_data_used
+
+    def output_pending(self) -> bool:
+        """Some response is not yet acknowledged in full (O(streams): for shutdown only)."""
+        return not self.terminated and any(
+            not st.sender.is_finished for sid, st in self.quic._streams.items() if sid % 4 == 0)
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
         self.quic.receive_datagram(data, addr, now=self.loop.time())
@@ -235,7 +376,8 @@ class H3ServerConnection:
                 self.h3.handle_event(event)
                 stream = self.streams.pop(event.stream_id, None)
                 if stream is not None:
-                    stream.on_peer_abort()
+                    # STOP_SENDING: aioquic resets our side itself; RESET_STREAM: we do.
+                    stream.on_peer_abort(reset_ours=kind is StreamReset)
             elif kind is ConnectionIdIssued:
                 self.server.connections[event.connection_id] = self
             elif kind is ConnectionIdRetired:
@@ -250,6 +392,11 @@ class H3ServerConnection:
         sid = event.stream_id
         if sid in self.streams:
             return  # trailers: nothing in them matters here
+        if self.goaway_id is not None and sid >= self.goaway_id:
+            self._reject(sid)
+            return
+        if sid > self.last_stream_id:
+            self.last_stream_id = sid
         method = path = b""
         headers: dict[bytes, bytes] = {}
         for name, value in event.headers:
@@ -297,6 +444,36 @@ class H3ServerConnection:
     def forget(self, stream_id: int) -> None:
         self.streams.pop(stream_id, None)
 
+    def _reject(self, stream_id: int) -> None:
+        """A request after our GOAWAY: never processed, so the client may retry it."""
+        try:
+            self.quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_REJECTED)
+            self.quic.stop_stream(stream_id, ErrorCode.H3_REQUEST_REJECTED)
+        except (ValueError, KeyError):
+            pass
+        self.transmit_soon()
+
+    def send_goaway(self, stream_id: int) -> None:
+        """HTTP/3 GOAWAY: requests on streams from ``stream_id`` on will not be processed. It
+        may only go down (RFC 9114 section 5.2)."""
+        if self.terminated or (self.goaway_id is not None and stream_id >= self.goaway_id):
+            return
+        self.goaway_id = stream_id
+        try:
+            self.quic.send_stream_data(self.h3._local_control_stream_id,
+                                       encode_frame(FrameType.GOAWAY, encode_uint_var(stream_id)))
+        except (AssertionError, ValueError, AttributeError):
+            return  # no control stream yet (handshake in progress)
+        self.transmit_soon()
+
+    def _wake_writers(self) -> None:
+        if self.unsent() > self.connection_budget:
+            return
+        budget = self.stream_budget
+        for stream, waiter in list(self.blocked.items()):
+            if stream.unsent() <= budget and not waiter.done():
+                waiter.set_result(None)
+
     def _terminated(self) -> None:
         if self.terminated:
             return
@@ -319,6 +496,8 @@ class H3ServerConnection:
         sendto = self.server.transport.sendto
         for data, addr in self.quic.datagrams_to_send(now=self.loop.time()):
             sendto(data, addr)
+        if self.blocked:
+            self._wake_writers()
         timer_at = self.quic.get_timer()
         if self._timer is not None and self._timer_at != timer_at:
             self._timer.cancel()
@@ -335,8 +514,8 @@ class H3ServerConnection:
         self._process_events()
         self.transmit()
 
-    def close(self) -> None:
-        self.quic.close()
+    def close(self, error_code: int = ErrorCode.H3_NO_ERROR, reason: str = "") -> None:
+        self.quic.close(error_code=error_code, reason_phrase=reason)
         self.transmit()
 
 
@@ -352,6 +531,11 @@ class H3Server(asyncio.DatagramProtocol):
         self.scheduler = scheduler
         self.max_streams = max_streams
         self.connection_factory = connection_factory
+        gw = app.config.gateway
+        self.stream_buffer_bytes = gw.stream_buffer_bytes
+        self.connection_buffer_bytes = gw.connection_buffer_bytes
+        self.write_stall_timeout_s = gw.write_stall_timeout_s
+        self.shutting_down = False
         self.loop = asyncio.get_running_loop()
         self.connections: dict[bytes, H3ServerConnection] = {}
         self.transport: asyncio.DatagramTransport | None = None
@@ -381,13 +565,19 @@ class H3Server(asyncio.DatagramProtocol):
         conn = self.connections.get(header.destination_cid)
         if (conn is None and len(data) >= SMALLEST_MAX_DATAGRAM_SIZE
                 and header.packet_type == QuicPacketType.INITIAL):
+            kwargs = {"max_streams_bidi": self.max_streams} if _NATIVE_STREAM_LIMIT else {}
             quic = self.connection_factory(
                 configuration=self.configuration, scheduler=self.scheduler,
-                original_destination_connection_id=header.destination_cid)
-            set_peer_stream_limit(quic, self.max_streams)
+                original_destination_connection_id=header.destination_cid, **kwargs)
+            if not _NATIVE_STREAM_LIMIT:
+                set_peer_stream_limit(quic, self.max_streams)
             conn = H3ServerConnection(self, quic)
             self.connections[header.destination_cid] = conn
             self.connections[quic.host_cid] = conn
+            if self.shutting_down:  # answer the handshake with a close, not with silence
+                conn.datagram_received(data, addr)
+                conn.close(ErrorCode.H3_NO_ERROR, "the gateway is shutting down")
+                return
         if conn is not None:
             conn.datagram_received(data, addr)
 
@@ -401,11 +591,43 @@ class H3Server(asyncio.DatagramProtocol):
 
     def close(self) -> None:
         for conn in set(self.connections.values()):
-            conn.close()
+            conn.close(ErrorCode.H3_NO_ERROR, "the gateway is shutting down")
             conn._terminated()
         self.connections.clear()
         if self.transport is not None:
             self.transport.close()
+
+    def in_flight(self) -> int:
+        """Requests not yet answered in full (their body may still be arriving)."""
+        return sum(len(c.streams) for c in set(self.connections.values()))
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Graceful shutdown (see the module docstring); returns when every connection is
+        closed, at most ``grace_s`` plus a moment later."""
+        self.shutting_down = True
+        loop = self.loop
+        conns = set(self.connections.values())
+        for conn in conns:
+            conn.send_goaway(MAX_CLIENT_STREAM_ID)
+        # Requests the clients sent before they saw the first GOAWAY arrive within about a
+        # round trip; then the real limit.
+        rtt = max((c.quic._loss._rtt_smoothed for c in conns), default=0.0)
+        end = loop.time() + grace_s
+        await asyncio.sleep(min(grace_s, max(0.05, 2 * rtt)))
+        for conn in set(self.connections.values()):
+            conn.send_goaway(conn.last_stream_id + 4)
+        while (self.in_flight() or any(c.output_pending() for c in self.connections.values())) \
+                and loop.time() < end:
+            await asyncio.sleep(0.02)
+        for conn in set(self.connections.values()):
+            for stream in list(conn.streams.values()):
+                stream.end_for_shutdown()
+            conn.transmit()
+        await asyncio.sleep(0)  # let cancelled requests unwind (they release their slots)
+        for conn in set(self.connections.values()):
+            conn.close(ErrorCode.H3_NO_ERROR, "the gateway is shutting down")
+        await asyncio.sleep(0.05)  # CONNECTION_CLOSE on its way (a lost one: the idle timeout)
+        self.close()
 
 
 async def serve_h3(app: GatewayApp, host: str, port: int, configuration: QuicConfiguration,

@@ -11,6 +11,7 @@ broken, 504 too slow); nothing waits forever: every read has a timeout.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -109,3 +110,72 @@ class Upstream:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+class _InstantStream:
+    """The part of :class:`httpx.Response` the gateway uses on a streamed answer."""
+
+    __slots__ = ("chunks",)
+    status_code = 200
+    headers = {"content-type": "text/event-stream"}
+
+    def __init__(self, chunks: tuple[bytes, ...]) -> None:
+        self.chunks = chunks
+
+    async def aread(self) -> bytes:
+        return b"".join(self.chunks)
+
+    async def aclose(self) -> None:
+        pass
+
+
+class InstantUpstream:
+    """A backend inside the gateway process that answers every request at once with a fixed
+    one-token completion: no socket, no model. It measures the gateway itself
+    (``python -m quicgw.bench.throughput``); configure it with ``instant = true``."""
+
+    def __init__(self, name: str, model: str = "instant") -> None:
+        self.name = name
+        self.base_url = "instant:"
+        self._chat = json.dumps({
+            "id": "chatcmpl-instant", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }).encode()
+        self._completion = json.dumps({
+            "id": "cmpl-instant", "object": "text_completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }).encode()
+        delta = {"id": "chatcmpl-instant", "object": "chat.completion.chunk", "created": 0,
+                 "model": model,
+                 "choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": None}]}
+        end = {**delta, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        self._chat_stream = (b"data: " + json.dumps(delta).encode() + b"\n\n",
+                             b"data: " + json.dumps(end).encode() + b"\n\ndata: [DONE]\n\n")
+        text = {"id": "cmpl-instant", "object": "text_completion", "created": 0, "model": model,
+                "choices": [{"index": 0, "text": "ok", "finish_reason": None}]}
+        text_end = {**text, "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]}
+        self._completion_stream = (
+            b"data: " + json.dumps(text).encode() + b"\n\n",
+            b"data: " + json.dumps(text_end).encode() + b"\n\ndata: [DONE]\n\n")
+
+    async def post(self, path: str, body: bytes) -> UpstreamResponse:
+        chat = path.endswith("/chat/completions")
+        return UpstreamResponse(200, b"application/json",
+                                self._chat if chat else self._completion)
+
+    async def open_stream(self, path: str, body: bytes) -> _InstantStream:
+        chat = path.endswith("/chat/completions")
+        return _InstantStream(self._chat_stream if chat else self._completion_stream)
+
+    async def relay(self, response: _InstantStream) -> AsyncIterator[bytes]:
+        for chunk in response.chunks:
+            yield chunk
+
+    async def check(self, timeout_s: float = 1.0) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        pass
