@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv sysdeps demo test lint clean
+.PHONY: venv sysdeps vendor-js demo test lint clean
 
 venv: $(STAMP)
 
@@ -27,11 +27,15 @@ sysdeps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "sysdeps: installing Debian's chromium (browser tests)"; \
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; \
 	  else \
 	    echo "sysdeps: /usr/bin/chromium is missing; install it (apt-get install chromium) to run the browser tests" >&2; \
 	  fi; \
 	fi
+
+# Re-vendor the dashboard's charting library from npm (committed; only to change its version).
+vendor-js:
+	bash quicgw/dashboard/vendor_uplot.sh
 
 test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q

@@ -66,7 +66,7 @@ QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0,
 
 # Why a request failed (the ``reason`` label); a closed set so the label cannot explode.
 REASONS = ("rejected", "no_instance", "upstream_error", "upstream_timeout", "unreachable",
-           "cancelled", "internal")
+           "expired", "cancelled", "internal")
 # Failures that are the client's doing: they say nothing about meeting deadlines.
 _CLIENT_REASONS = frozenset({"rejected"})
 
@@ -212,7 +212,7 @@ class RequestMeter:
         self.routed_at = arrival
         self.status = 0
         self.first_byte: float | None = None
-        self.error_event = False
+        self.error_event: str | None = None  # failure reason of an in-band error event
         self.done = False
 
     # -- hooks ------------------------------------------------------------------------------
@@ -237,7 +237,7 @@ class RequestMeter:
             if self.status >= 400 or self.status == 0:
                 reason = _reason_for_status(self.status) if self.status else "internal"
             elif self.error_event:
-                reason = "upstream_error"
+                reason = self.error_event
         if reason is None and cell.finished is None:
             reason = "internal"  # a response without ever being admitted: a gateway bug
         if reason is None:
@@ -267,7 +267,7 @@ class RequestMeter:
         # An SSE error event (the gateway's own after a broken upstream, or the engine's):
         # '{"error"' cannot occur unescaped inside generated text.
         if b'{"error"' in data:
-            self.error_event = True
+            self.error_event = "expired" if b'"deadline_expired"' in data else "upstream_error"
         await self._out.write(data)
 
     async def finish(self) -> None:
@@ -370,8 +370,12 @@ class GatewayMetrics:
             meter.end("cancelled")
             raise
         except Exception as e:
-            status = getattr(e, "status", None)  # the core's HTTPError carries the status
-            meter.end(_reason_for_status(status) if isinstance(status, int) else "internal")
+            # The core's HTTPError carries the status and an error code.
+            status = getattr(e, "status", None)
+            if getattr(e, "code", None) == "deadline_expired":
+                meter.end("expired")
+            else:
+                meter.end(_reason_for_status(status) if isinstance(status, int) else "internal")
             raise
         else:
             meter.end()

@@ -55,6 +55,12 @@ class GatewayInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+_QUIC_KEYS = {"quicgw_quic_connections": "connections",
+              "quicgw_quic_connections_total": "connections_total",
+              "quicgw_quic_packets_sent_total": "packets_sent",
+              "quicgw_quic_packets_lost_total": "packets_lost"}
+
+
 def _new_hist() -> dict[str, Any]:
     return {"buckets": {}, "sum": 0.0, "count": 0.0}
 
@@ -141,8 +147,8 @@ def live_view(samples: Iterable[Sample], info: GatewayInfo, now_unix: float) -> 
                 c[field_name] += value
             elif field_name == "sent_bytes":
                 unclassified_bytes += value
-        elif name.startswith("quicgw_quic_"):
-            quic[name.removeprefix("quicgw_quic_").removesuffix("_total")] = value
+        elif name in _QUIC_KEYS:
+            quic[_QUIC_KEYS[name]] = value
     classes = []
     for name in class_names:
         c = per_class[name]

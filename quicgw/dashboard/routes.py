@@ -79,6 +79,7 @@ class OpsRoutes:
             "/dashboard/api/benchmarks": "dashboard_benchmarks",
             **{f"/dashboard/static/{name}": f"static:{name}" for name in _STATIC_FILES},
         }
+        self.names = frozenset(self.endpoints.values())
 
     def live(self) -> dict[str, Any]:
         return live_view(self.metrics.samples(), self.info, time.time())

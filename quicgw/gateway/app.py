@@ -53,6 +53,7 @@ from quicgw.core.routing import (
     create_router,
 )
 from quicgw.core.tokens import estimate_chat_tokens, estimate_prompt_tokens
+from quicgw.dashboard.routes import instrument
 from quicgw.gateway.admission import ADMITTED, AdmissionQueue, Ticket
 from quicgw.gateway.classify import ANONYMOUS, Classifier
 from quicgw.gateway.health import DOWN, HealthState
@@ -236,6 +237,8 @@ class GatewayApp:
             {"id": m, "object": "model", "owned_by": "quicgw"} for m in [AUTO_MODEL, *models]
         ]}).encode()
         self._health_task: asyncio.Task | None = None
+        # Prometheus metrics and the operator endpoints (/metrics, /dashboard).
+        self.metrics, self.ops = instrument(self)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -297,6 +300,8 @@ class GatewayApp:
         now = self.clock() if now is None else now
         path = path.partition("?")[0]
         spec = _ENDPOINTS.get(path)
+        if spec is None and path in self.ops.endpoints and self.config.gateway.public_ops:
+            spec = ("GET", self.ops.endpoints[path], False)
         if spec is None or (spec[1] == "echo" and not self.echo_enabled):
             return Exchange("", headers, now, error=error_response(
                 404, f"no such endpoint: {path}", "not_found"))
@@ -313,6 +318,7 @@ class GatewayApp:
                     self.limiter.request(qos.tenant, now)
             except HTTPError as e:
                 ex.error = e.response()
+                self.metrics.rejected(e.code)
             except RateLimited as e:
                 ex.error = _rate_limited(e).response()
         return ex
@@ -321,13 +327,16 @@ class GatewayApp:
         """Serve an exchange whose body has been read; never raises for a bad request."""
         try:
             if ex.endpoint in _UPSTREAM_PATH:
-                await self._proxy(ex, body, out)
+                await self.metrics.observe(self._proxy, ex, body, out)
             elif ex.endpoint == "echo":
                 ctype = ex.headers.get(b"content-type", b"application/octet-stream")
                 await out.respond(200, [(b"content-type", ctype), *self._qos_headers(ex.qos)],
                                   body)
             elif ex.endpoint == "models":
                 await out.respond(200, [(b"content-type", JSON)], self._models_body)
+            elif ex.endpoint in self.ops.names:
+                page = await self.ops.get(ex.endpoint)
+                await out.respond(page.status, page.headers, page.body)
             elif ex.endpoint == "healthz":
                 await out.respond(200, [(b"content-type", JSON)], self._health_body())
             else:  # open() never yields this; keep the error explicit anyway
@@ -464,11 +473,13 @@ class GatewayApp:
         tried: set[int] = set()
         while True:
             inst = self._route(ex, req, tried)
+            self.metrics.routed(req.model, inst.index)
             try:
                 ticket = await self._admit(inst, qos)
             except InstanceDown:
                 tried.add(inst.index)  # it went down while we waited: not started there
                 continue
+            self.metrics.admitted(inst.index)
             try:
                 payload = self._upstream_body(inst, req, qos)
                 headers = [*inst.headers, *self._qos_headers(qos)]

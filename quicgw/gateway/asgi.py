@@ -69,6 +69,8 @@ class AsgiAdapter:
         path = scope["path"]
         out = _AsgiResponder(send, self.extra)
         ex = self.app.open(scope["method"], path, headers)
+        self.app.metrics.http_request(
+            "h2" if scope.get("http_version") == "2" else "http/1.1", ex.endpoint)
         if ex.error is not None:
             await out.respond(ex.error.status, ex.error.headers, ex.error.body)
             return

@@ -410,6 +410,7 @@ class H3ServerConnection:
             else:
                 headers[name] = value
         ex = self.app.open(method.decode("latin-1"), path.decode("latin-1"), headers)
+        self.app.metrics.http_request("h3", ex.endpoint)
         stream = RequestStream(self, sid, ex)
         self.streams[sid] = stream
         if ex.error is not None:

@@ -18,9 +18,11 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 
 from quicgw.config import Config
+from quicgw.dashboard.admin import AdminServer
 from quicgw.gateway.app import GatewayApp
 from quicgw.gateway.asgi import AsgiAdapter
 from quicgw.gateway.h3server import H3Server, serve_h3, server_configuration
+from quicgw.metrics import connection_factory
 from quicgw.tls import CertificateFiles, dev_certificate
 
 log = logging.getLogger("quicgw.gateway")
@@ -70,6 +72,7 @@ class Gateway:
         self.host = config.gateway.host
         self.certificate: CertificateFiles | None = None
         self._tcp_task: asyncio.Task | None = None
+        self.admin: AdminServer | None = None  # the plain-HTTP admin port, if configured
         self._stopping = asyncio.Event()
 
     @property
@@ -102,6 +105,8 @@ class Gateway:
             self.h3 = await serve_h3(self.app, gw.host, self.port, quic_config,
                                      scheduler=gw.scheduler,
                                      max_streams=gw.max_streams_per_connection, sock=udp)
+            # QUIC connections that count bytes per class and losses for /metrics.
+            self.h3.connection_factory = connection_factory(self.app.metrics)
         except BaseException:
             udp.close()
             tcp.close()
@@ -118,11 +123,17 @@ class Gateway:
             AsgiAdapter(self.app, self.port), hc, shutdown_trigger=self._stopping.wait,
             mode="asgi"))
         await self.app.start()
+        if gw.admin_port is not None:
+            self.admin = AdminServer(self.app.ops, gw.admin_host or gw.host, gw.admin_port)
+            await self.admin.start()
         log.info("gateway listening on %s (HTTP/3 on UDP, HTTP/1.1 + HTTP/2 on TCP), "
                  "scheduler=%s router=%s", self.url, gw.scheduler, gw.router)
 
     async def stop(self) -> None:
         self._stopping.set()
+        if self.admin is not None:
+            await self.admin.stop()
+            self.admin = None
         if self.app is not None:
             self.app.draining = True
         if self.h3 is not None:

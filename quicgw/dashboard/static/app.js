@@ -101,7 +101,12 @@
     const width = Math.max(200, el.clientWidth || 600);
     const u = new uPlot({
       width, height: opts.height || CHART_H,
-      scales: { x: { time: opts.time !== false, ...(opts.xScale || {}) }, y: opts.yScale || {} },
+      scales: {
+        // Time charts show at least the last two minutes, so a first lone point sits at the
+        // right edge instead of the axis stretching over years.
+        x: { time: opts.time !== false, ...(opts.time !== false ? { range: (u, min, max) => [Math.min(min, max - 120), max] } : {}), ...(opts.xScale || {}) },
+        y: opts.yScale || {},
+      },
       axes: [
         { ...AXIS, ...(opts.xAxis || {}) },
         { ...AXIS, size: 64, values: (u, vals) => vals.map(opts.yFmt || fmtNum), ...(opts.yAxis || {}) },
@@ -112,7 +117,7 @@
         value: (u, v) => v === null || v === undefined ? "–" : (opts.yFmt || fmtNum)(v),
       }))],
       cursor: { drag: { x: false, y: false } },
-      legend: { live: true },
+      legend: { live: false },
       hooks: { draw: [recordInk, ...(opts.draw ? [opts.draw] : [])] },
     }, opts.data || [[], ...series.map(() => [])], el);
     state.charts[key] = u;
@@ -274,8 +279,8 @@
       const used = Math.min(1, x.capacity ? x.in_flight / x.capacity : 0);
       body.append(h("tr", { "data-instance": x.name, "data-in-flight": x.in_flight, "data-queued": x.queued,
         "data-started": x.started, "data-finished": x.finished, "data-failed": x.failed, "data-up": x.up },
-      h("td", {}, h("span", { class: `updown ${x.up ? "good" : "bad"}`, title: x.up ? "healthy" : "down" }, x.up ? "● " : "○ "), x.name),
-      h("td", {}, `${x.model} · ${x.gpu}`),
+      h("td", { class: "nowrap" }, h("span", { class: `updown ${x.up ? "good" : "bad"}`, title: x.up ? "healthy" : "down" }, x.up ? "● " : "○ "), x.name,
+        h("div", { class: "hint", style: "margin-left:16px" }, `${x.model} · ${x.gpu}`)),
       h("td", {}, h("div", { class: "gauge", style: `--c:${instColor(i)}` }, h("div", { style: `width:${(used * 100).toFixed(1)}%` }),
         h("span", {}, `${fmtNum(x.in_flight)} / ${x.capacity}`))),
       h("td", { class: `num ${x.queued ? "warn" : ""}` }, fmtNum(x.queued)),
@@ -285,7 +290,7 @@
   }
 
   function renderTransport(live) {
-    $("#sched-hint").textContent = `${live.scheduler} scheduler: QUIC STREAM bytes by class`;
+    $("#sched-hint").textContent = `QUIC bytes by class · ${live.scheduler} scheduler`;
     const bars = $("#sched-bars");
     bars.textContent = "";
     const rows = live.classes.map((c, i) => ({ name: c.name, bytes: c.sent_bytes, lost: c.lost_bytes, color: classColor(i) }));
