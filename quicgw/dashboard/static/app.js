@@ -84,7 +84,7 @@
     let ink = 0;
     try {
       const img = u.ctx.getImageData(left, top, width, height).data;
-      for (let i = 0; i < img.length; i += 4 * 3) {
+      for (let i = 0; i < img.length; i += 4) {
         if (img[i + 3] > 0) {
           const r = img[i], g = img[i + 1], b = img[i + 2];
           if (Math.max(r, g, b) - Math.min(r, g, b) > 60) ink++;
@@ -102,14 +102,14 @@
     const u = new uPlot({
       width, height: opts.height || CHART_H,
       scales: {
-        // Time charts show at least the last two minutes, so a first lone point sits at the
-        // right edge instead of the axis stretching over years.
-        x: { time: opts.time !== false, ...(opts.time !== false ? { range: (u, min, max) => [Math.min(min, max - 120), max] } : {}), ...(opts.xScale || {}) },
+        // Time charts span at least 20 s, so a first lone point sits at the right edge
+        // instead of the axis stretching over years.
+        x: { time: opts.time !== false, ...(opts.time !== false ? { range: (u, min, max) => [Math.min(min, max - 20), max] } : {}), ...(opts.xScale || {}) },
         y: opts.yScale || {},
       },
       axes: [
         { ...AXIS, ...(opts.xAxis || {}) },
-        { ...AXIS, size: 64, values: (u, vals) => vals.map(opts.yFmt || fmtNum), ...(opts.yAxis || {}) },
+        { ...AXIS, size: 76, values: (u, vals) => vals.map(opts.yFmt || fmtNum), ...(opts.yAxis || {}) },
       ],
       series: [{ label: opts.xLabel || "time", value: opts.xValue }, ...series.map((s) => ({
         label: s.label, stroke: s.color, width: s.width || 2, dash: s.dash,
@@ -149,7 +149,8 @@
     state.instances = live.instances.map((i) => i.name);
     const cls = live.classes.map((c, i) => ({ label: c.name, color: classColor(i) }));
     makeChart("attainment", $("#chart-attainment"), cls, {
-      yScale: { range: [0, 100] }, yFmt: (v) => `${Math.round(v)}%` });
+      yScale: { range: [0, 104] }, yFmt: (v) => `${Math.round(v)}%`,
+      yAxis: { splits: () => [0, 20, 40, 60, 80, 100] } });
     const deadlines = live.classes.map((c, i) => ({ label: `${c.name} deadline`, color: classColor(i) + "99", dash: [6, 5], width: 1, points: false }));
     makeChart("latency", $("#chart-latency"), [...cls, ...deadlines], {
       yScale: { range: (u, min, max) => [0, Math.max(0.1, max * 1.08)] }, yFmt: fmtSec });
