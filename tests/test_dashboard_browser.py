@@ -60,9 +60,8 @@ READ_PAGE = """(() => {
 })()"""
 
 
-@pytest.fixture(scope="module")
-def chromium_path() -> str:
-    path = find_chromium()
+def require_chromium(path: str | None) -> str:
+    """The browser, or: fail under CI=true (CI must run these tests), skip elsewhere."""
     if path is None:
         message = ("Debian's chromium is not installed (/usr/bin/chromium); `make sysdeps` "
                    "installs it (as root)")
@@ -70,6 +69,21 @@ def chromium_path() -> str:
             pytest.fail(f"browser tests cannot run under CI: {message}")
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(scope="module")
+def chromium_path() -> str:
+    return require_chromium(find_chromium())
+
+
+def test_missing_chromium_fails_under_ci_and_skips_elsewhere(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="cannot run under CI"):
+        require_chromium(None)
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="make sysdeps"):
+        require_chromium(None)
+    assert require_chromium("/usr/bin/chromium") == "/usr/bin/chromium"
 
 
 def save_artifact(tmp_path: Path, browser: Chromium, name: str) -> Path:
