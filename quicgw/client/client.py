@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from aioquic.h3.connection import H3_ALPN, ErrorCode
 from aioquic.quic.configuration import QuicConfiguration
 
-from quicgw.client.connection import ClientStream, H3ClientConnection, Timing
+from quicgw.client.connection import ClientStream, H3ClientConnection, RequestRejected, Timing
 from quicgw.client.sse import SSEParser
 from quicgw.core.classes import DEFAULT_CLASS_TABLE, ClassTable, TrafficClass
 from quicgw.core.qos import Priority, RequestQoS, parse_priority
@@ -140,7 +140,7 @@ class StreamingResponse:
     def reprioritise(self, priority: Priority | str) -> None:
         """Send an RFC 9218 PRIORITY_UPDATE for this request (the gateway applies it, never
         above the class's urgency) and apply it to this side's scheduler."""
-        conn = self._client._conn
+        conn = self._stream.conn
         if conn is None or conn.terminated or self._stream.ended:
             return
         conn.h3.send_priority_update(self._stream.stream_id, priority)
@@ -264,6 +264,8 @@ class AsyncClient:
             self._base_headers.append((b"authorization", f"Bearer {api_key}".encode()))
         self._conn: H3ClientConnection | None = None
         self._connecting: asyncio.Lock | None = None
+        # Connections the server is draining (GOAWAY): their requests finish there.
+        self._retired: set[H3ClientConnection] = set()
 
     # -- connection ----------------------------------------------------------------------------
     def _quic_configuration(self) -> QuicConfiguration:
@@ -282,17 +284,30 @@ class AsyncClient:
 
     async def _connection(self) -> H3ClientConnection:
         conn = self._conn
-        if conn is not None and not conn.terminated:
+        if conn is not None and not conn.going_away:
             return conn
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
-            if self._conn is not None and not self._conn.terminated:
+            if self._conn is not None and not self._conn.going_away:
                 return self._conn
             if self._conn is not None:
-                await self._conn.aclose()
+                old, self._conn = self._conn, None
+                if old.terminated or not old.streams:
+                    await old.aclose()
+                else:  # GOAWAY: let its requests finish; closed when they have
+                    self._retire(old)
             self._conn = await self._open()
             return self._conn
+
+    def _retire(self, conn: H3ClientConnection) -> None:
+        self._retired.add(conn)
+
+        def done(_: asyncio.Future) -> None:  # the server closed it after draining
+            self._retired.discard(conn)
+            conn.release()
+
+        conn.closed.add_done_callback(done)
 
     async def _open(self) -> H3ClientConnection:
         loop = asyncio.get_running_loop()
@@ -319,6 +334,9 @@ class AsyncClient:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await conn.aclose()
+        for conn in list(self._retired):
+            await conn.aclose()
+        self._retired.clear()
 
     async def __aenter__(self) -> AsyncClient:
         await self.connect()
@@ -381,6 +399,7 @@ class AsyncClient:
         quic = conn.quic
         stream_id = quic.get_next_available_stream_id()
         stream = ClientStream(stream_id, Timing(started))
+        stream.conn = conn
         conn.streams[stream_id] = stream
         if traffic_class is not None or deadline_ms is not None or prio is not None:
             quic.set_stream_qos(stream_id, self._qos(traffic_class, deadline_ms, prio, started))
@@ -406,7 +425,7 @@ class AsyncClient:
 
     def _cancel(self, stream: ClientStream) -> None:
         """Abandon a request: reset our side and ask the server to stop sending."""
-        conn = self._conn
+        conn = stream.conn
         if stream.ended or conn is None or conn.terminated:
             return
         stream.ended = True
@@ -425,17 +444,23 @@ class AsyncClient:
                       headers: Mapping[str, str] | None = None, *,
                       traffic_class: str | None = None, deadline_ms: float | None = None,
                       priority: PriorityLike = None, timeout: Any = ...) -> Response:
-        """Send a request and read the whole response (any status: check ``.ok``)."""
+        """Send a request and read the whole response (any status: check ``.ok``).
+
+        A request the server did not process (GOAWAY, H3_REQUEST_REJECTED) is sent again once,
+        on a new connection."""
         timeout = self._timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
-        conn, stream = await self._send(method, path, body, headers, traffic_class,
-                                        deadline_ms, priority)
-        try:
-            while not stream.ended:
-                await self._wait(stream, deadline)
-        except asyncio.CancelledError:
-            self._cancel(stream)
-            raise
+        for attempt in range(2):
+            conn, stream = await self._send(method, path, body, headers, traffic_class,
+                                            deadline_ms, priority)
+            try:
+                while not stream.ended:
+                    await self._wait(stream, deadline)
+            except asyncio.CancelledError:
+                self._cancel(stream)
+                raise
+            if not (isinstance(stream.error, RequestRejected) and attempt == 0):
+                break
         if stream.error is not None:
             raise stream.error
         chunks = stream.chunks
@@ -451,14 +476,17 @@ class AsyncClient:
         returned :class:`StreamingResponse` (``timeout`` then bounds the whole exchange)."""
         timeout = self._timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
-        conn, stream = await self._send(method, path, body, headers, traffic_class,
-                                        deadline_ms, priority)
-        try:
-            while stream.status is None and not stream.ended:
-                await self._wait(stream, deadline)
-        except asyncio.CancelledError:
-            self._cancel(stream)
-            raise
+        for attempt in range(2):
+            conn, stream = await self._send(method, path, body, headers, traffic_class,
+                                            deadline_ms, priority)
+            try:
+                while stream.status is None and not stream.ended:
+                    await self._wait(stream, deadline)
+            except asyncio.CancelledError:
+                self._cancel(stream)
+                raise
+            if not (isinstance(stream.error, RequestRejected) and attempt == 0):
+                break
         if stream.status is None:
             raise stream.error or ConnectionError(
                 f"stream {stream.stream_id} ended without a response")

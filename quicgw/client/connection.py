@@ -4,6 +4,12 @@ client's own stream scheduler orders uploads) carrying many request streams.
 Like the gateway's server, this drives an H3 connection (:class:`PriorityH3Connection`:
 aioquic's, plus RFC 9218 PRIORITY_UPDATE) directly instead of ``aioquic.asyncio.connect``, which
 constructs a plain ``QuicConnection`` we could not replace.
+
+GOAWAY (RFC 9114 section 5.2), which aioquic reads past: :class:`_H3` picks it out of the
+server's control stream. The connection is then *going away*: the client sends new requests on a
+new connection, and requests on streams at or above the GOAWAY's ID fail at once with
+:class:`RequestRejected` (the server guarantees it did not process them, so the client retries
+them). A stream the server resets with H3_REQUEST_REJECTED is the same.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from aioquic.h3.events import DataReceived, HeadersReceived
+from aioquic.buffer import Buffer, BufferReadError
+from aioquic.h3.connection import ErrorCode, FrameType, H3Stream
+from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.connection import NetworkAddress
 from aioquic.quic.events import (
     ConnectionTerminated,
@@ -35,6 +43,83 @@ class StreamResetError(ConnectionError):
     def __init__(self, stream_id: int, error_code: int) -> None:
         super().__init__(f"the server reset stream {stream_id} (HTTP/3 error 0x{error_code:x})")
         self.error_code = error_code
+
+
+class RequestRejected(StreamResetError):
+    """The server did not process the request (GOAWAY, or H3_REQUEST_REJECTED): it is safe to
+    send it again, on another connection."""
+
+    def __init__(self, stream_id: int) -> None:
+        super().__init__(stream_id, ErrorCode.H3_REQUEST_REJECTED)
+
+
+class _GoawayScanner:
+    """Follows the frames of the server's control stream (from its first byte) and returns the
+    stream ID of each GOAWAY. Other frames' payloads are skipped as they arrive."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._type_skipped = False
+        self._goaway = False  # inside a GOAWAY frame (payload: one varint)
+        self._remaining: int | None = None  # payload bytes of the current frame still to come
+
+    def feed(self, data: bytes) -> list[int]:
+        self._buffer += data
+        ids: list[int] = []
+        buf = Buffer(data=bytes(self._buffer))
+        while not buf.eof():
+            start = buf.tell()
+            try:
+                if not self._type_skipped:
+                    buf.pull_uint_var()
+                    self._type_skipped = True
+                elif self._remaining is None:
+                    frame_type, length = buf.pull_uint_var(), buf.pull_uint_var()
+                    self._goaway = frame_type == FrameType.GOAWAY and 1 <= length <= 8
+                    self._remaining = length
+                elif self._goaway:
+                    if buf.capacity - buf.tell() < self._remaining:
+                        buf.seek(start)
+                        break
+                    ids.append(Buffer(data=buf.pull_bytes(self._remaining)).pull_uint_var())
+                    self._remaining = None
+                else:
+                    skip = min(self._remaining, buf.capacity - buf.tell())
+                    buf.seek(buf.tell() + skip)
+                    self._remaining -= skip
+                    if not self._remaining:
+                        self._remaining = None
+            except BufferReadError:
+                buf.seek(start)
+                break
+        del self._buffer[:buf.tell()]
+        return ids
+
+
+class _H3(PriorityH3Connection):
+    """The client's H3 layer: PRIORITY_UPDATE (sending) plus GOAWAY (receiving)."""
+
+    def __init__(self, quic, on_goaway) -> None:
+        self._on_goaway = on_goaway
+        self._goaway_heads: dict[int, bytes] = {}
+        self._goaway_scanner: _GoawayScanner | None = None
+        super().__init__(quic)
+
+    def _receive_stream_data_uni(self, stream: H3Stream, data: bytes,
+                                 stream_ended: bool) -> list[H3Event]:
+        head = None
+        if stream.stream_type is None:
+            head = self._goaway_heads.pop(stream.stream_id, b"") + data
+        events = super()._receive_stream_data_uni(stream, data, stream_ended)
+        if stream.stream_type is None:
+            self._goaway_heads[stream.stream_id] = head  # a partial type varint
+        elif stream.stream_id == self._peer_control_stream_id:
+            if head is not None:
+                self._goaway_scanner = _GoawayScanner()
+                data = head
+            for stream_id in self._goaway_scanner.feed(data):
+                self._on_goaway(stream_id)
+        return events
 
 
 @dataclass(slots=True)
@@ -61,9 +146,10 @@ class ClientStream:
     """One request's response side: status, headers, body chunks, end or error."""
 
     __slots__ = ("stream_id", "timing", "status", "headers", "chunks", "ended", "error",
-                 "_waiter")
+                 "_waiter", "conn")
 
     def __init__(self, stream_id: int, timing: Timing) -> None:
+        self.conn: H3ClientConnection | None = None
         self.stream_id = stream_id
         self.timing = timing
         self.status: int | None = None
@@ -129,8 +215,9 @@ class H3ClientConnection(asyncio.DatagramProtocol):
     def __init__(self, quic: ScheduledQuicConnection) -> None:
         self.loop = asyncio.get_running_loop()
         self.quic = quic
-        self.h3 = PriorityH3Connection(quic)
+        self.h3 = _H3(quic, self._goaway)
         self.streams: dict[int, ClientStream] = {}
+        self.goaway_id: int | None = None  # the server's GOAWAY: no new requests here
         self.transport: asyncio.DatagramTransport | None = None
         self.connected: asyncio.Future = self.loop.create_future()
         self.closed: asyncio.Future = self.loop.create_future()
@@ -151,6 +238,17 @@ class H3ClientConnection(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         pass  # ICMP errors: QUIC's own timers decide whether the path is dead
+
+    @property
+    def going_away(self) -> bool:
+        return self.goaway_id is not None or self.terminated
+
+    def _goaway(self, stream_id: int) -> None:
+        if self.goaway_id is not None and stream_id > self.goaway_id:
+            return  # it may only go down
+        self.goaway_id = stream_id
+        for sid in [sid for sid in self.streams if sid >= stream_id]:
+            self.streams.pop(sid).fail(RequestRejected(sid))
 
     def connect(self, addr: NetworkAddress) -> None:
         self.quic.connect(addr, now=self.loop.time())
@@ -175,7 +273,9 @@ class H3ClientConnection(asyncio.DatagramProtocol):
                 self.h3.handle_event(event)
                 stream = self.streams.pop(event.stream_id, None)
                 if stream is not None:
-                    stream.fail(StreamResetError(event.stream_id, event.error_code))
+                    stream.fail(RequestRejected(event.stream_id)
+                                if event.error_code == ErrorCode.H3_REQUEST_REJECTED
+                                else StreamResetError(event.stream_id, event.error_code))
             elif kind is HandshakeCompleted:
                 if not self.connected.done():
                     self.connected.set_result(None)
@@ -238,6 +338,10 @@ class H3ClientConnection(asyncio.DatagramProtocol):
                 await asyncio.wait_for(asyncio.shield(self.closed), timeout)
             except TimeoutError:
                 pass
+        self.release()
+
+    def release(self) -> None:
+        """Free the socket and timers (the QUIC connection is over or abandoned)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

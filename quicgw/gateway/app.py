@@ -161,6 +161,12 @@ def parse_body(endpoint: str, body: bytes, default_max_tokens: int) -> ParsedBod
             content = m.get("content")
             if content is not None and not isinstance(content, str | list):
                 raise _bad(f"messages[{i}].content must be a string or a list of parts")
+            if isinstance(content, list):
+                for j, part in enumerate(content):
+                    if not isinstance(part, dict) or (
+                            part.get("type") == "text" and not isinstance(part.get("text"), str)):
+                        raise _bad(f"messages[{i}].content[{j}] must be a content part object "
+                                   f"(a text part: {{\"type\": \"text\", \"text\": \"...\"}})")
         input_tokens = estimate_chat_tokens(messages)
         max_tokens = _positive_int(data, "max_completion_tokens")
         if max_tokens is None:

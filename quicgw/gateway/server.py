@@ -136,16 +136,16 @@ class Gateway:
             self.admin = None
         if self.app is not None:
             self.app.draining = True
-        if self.h3 is not None:
+        h3, self.h3 = self.h3, None  # a second stop() meanwhile does not touch it again
+        if h3 is not None:
             # HTTP/3: GOAWAY, drain within the grace period, close. hypercorn drains TCP at
             # the same time (its graceful_timeout is the same grace period).
             try:
-                await self.h3.shutdown(self.config.gateway.shutdown_grace_s)
+                await h3.shutdown(self.config.gateway.shutdown_grace_s)
             except Exception:
                 log.exception("HTTP/3 graceful shutdown failed; closing")
             finally:
-                self.h3.close()
-                self.h3 = None
+                h3.close()
         if self._tcp_task is not None:
             try:
                 await asyncio.wait_for(self._tcp_task, self.config.gateway.shutdown_grace_s + 5)
