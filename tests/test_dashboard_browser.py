@@ -300,6 +300,7 @@ async def test_dashboard_charts_show_what_the_gateway_reports(chromium_path, tmp
 
 async def test_dashboard_loads_over_http3(chromium_path, tmp_path):
     async with gateway(("llama-3.2-1b",)) as gw:
+        await traffic(gw, 1.0, workers=2)  # something to show in the screenshot
         spki = spki_sha256_base64(gw.certificate.certfile)
         flags = [f"--ignore-certificate-errors-spki-list={spki}", *h3_flags("localhost", gw.port)]
         with Chromium(flags=flags, width=1400, height=900, executable=chromium_path) as browser:

@@ -102,9 +102,7 @@
     const u = new uPlot({
       width, height: opts.height || CHART_H,
       scales: {
-        // Time charts span at least 20 s, so a first lone point sits at the right edge
-        // instead of the axis stretching over years.
-        x: { time: opts.time !== false, ...(opts.time !== false ? { range: (u, min, max) => [Math.min(min, max - 20), max] } : {}), ...(opts.xScale || {}) },
+        x: { time: opts.time !== false, ...(opts.xScale || {}) },
         y: opts.yScale || {},
       },
       axes: [
@@ -113,7 +111,8 @@
       ],
       series: [{ label: opts.xLabel || "time", value: opts.xValue }, ...series.map((s) => ({
         label: s.label, stroke: s.color, width: s.width || 2, dash: s.dash,
-        points: { show: s.points !== undefined ? s.points : undefined, size: 5, fill: s.color },
+        // Markers where there are points (benchmarks) or too few to draw a line yet (live).
+        points: { show: s.points !== undefined ? s.points : (u) => u.data[0].length <= 3, size: 6, fill: s.color },
         value: (u, v) => v === null || v === undefined ? "–" : (opts.yFmt || fmtNum)(v),
       }))],
       cursor: { drag: { x: false, y: false } },
@@ -128,6 +127,12 @@
     const u = state.charts[key];
     if (!u) return;
     u.setData(data);
+    if (u.scales.x.time && data[0].length) {
+      // At least 20 s of time axis, ending at the newest point: one point sits at the right
+      // edge instead of uPlot stretching a single timestamp over years.
+      const xs = data[0], max = xs[xs.length - 1];
+      u.setScale("x", { min: Math.min(xs[0], max - 20), max });
+    }
     el.dataset.points = String(data[0].length);
     el.dataset.series = JSON.stringify(labels);
     el.dataset.last = JSON.stringify(data.slice(1).map((s) => s.length ? s[s.length - 1] : null));
@@ -221,7 +226,8 @@
       box.append(h("div", { class: "card", style: `--c:${classColor(i)}`, "data-class": c.name, "data-window-attainment": w.attainment },
         h("div", { class: "name" }, c.name),
         h("div", { class: "meta" }, `priority ${c.priority} · deadline ${fmtMs(c.deadline_ms)} · weight ${c.reward_weight}`),
-        h("div", { class: `big ${attainClass(shown)}` }, fmtPct(shown), h("small", {}, w.attainment !== null ? "on time, last 30 s" : "on time, since start")),
+        h("div", { class: `big ${attainClass(shown)}` }, shown === null ? "" : fmtPct(shown),
+          h("small", {}, shown === null ? "no requests yet" : w.attainment !== null ? "on time, last 30 s" : "on time, since start")),
         h("div", { class: "row" },
           h("span", {}, "e2e p95 ", h("b", {}, fmtSec(w.p95 !== null ? w.p95 : histQ(0.95, c.duration)))),
           h("span", {}, "TTFT p95 ", h("b", {}, fmtSec(w.ttft95 !== null ? w.ttft95 : histQ(0.95, c.ttft)))),
