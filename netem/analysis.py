@@ -105,7 +105,8 @@ def last_line(profile: str, rows: list[ClassSummary], bound_rt: float) -> str:
             f"best={best_s} bound={bound_rt:.3f}")
 
 
-def format_table(rows: list[ClassSummary], bound_by_class: dict[str, float]) -> str:
+def format_table(rows: list[ClassSummary], bound_by_class: dict[str, float],
+                 reference: dict[str, float] | None = None) -> str:
     def pct(x: float | None) -> str:
         return "   -  " if x is None or math.isnan(x) else f"{x * 100:5.1f}%"
 
@@ -117,6 +118,11 @@ def format_table(rows: list[ClassSummary], bound_by_class: dict[str, float]) -> 
     for cls in CLASS_ORDER:
         bline += f" | {pct(bound_by_class.get(cls)):>13} {'':>12} {'':>6}"
     lines.append(bline)
+    if reference and any(reference.get(c, 1.0) < bound_by_class.get(c, 1.0) for c in reference):
+        rline = f"{'ref':<10}"
+        for cls in CLASS_ORDER:
+            rline += f" | {pct(reference.get(cls)):>13} {'':>12} {'':>6}"
+        lines.append(rline)
     by = {(r.scheduler, r.cls): r for r in rows}
     for sched in dict.fromkeys(r.scheduler for r in rows):
         line = f"{sched:<10}"
@@ -163,6 +169,8 @@ def plot(out_dir: Path, title: str, rows: list[ClassSummary], runs: list[dict[st
 
     schedulers = list(dict.fromkeys(r.scheduler for r in rows))
     by = {(r.scheduler, r.cls): r for r in rows}
+    palette = plt.get_cmap("tab10").colors
+    color = {s: palette[i % len(palette)] for i, s in enumerate(schedulers)}
     paths = []
 
     fig, ax = plt.subplots(figsize=(10, 4.8))
@@ -176,7 +184,7 @@ def plot(out_dir: Path, title: str, rows: list[ClassSummary], runs: list[dict[st
             xs.append(j + (i - (len(schedulers) - 1) / 2) * width)
             ys.append(r.completion * 100)
             es.append(r.completion_sd * 100)
-        ax.bar(xs, ys, width, yerr=es, capsize=2, label=sched,
+        ax.bar(xs, ys, width, yerr=es, capsize=2, label=sched, color=color[sched],
                hatch="//" if sched == TCP else None)
     for j, cls in enumerate(CLASS_ORDER):
         if cls in bound_by_class:
@@ -207,7 +215,7 @@ def plot(out_dir: Path, title: str, rows: list[ClassSummary], runs: list[dict[st
                         deadline = q["deadline"] * 1000
             if lats and total:
                 ys = [(i + 1) / total for i in range(len(lats))]
-                ax.step(lats, ys, where="post", label=sched,
+                ax.step(lats, ys, where="post", label=sched, color=color[sched],
                         linestyle="--" if sched == TCP else "-")
         if deadline:
             ax.axvline(deadline, color="k", linewidth=0.8, linestyle=":")

@@ -46,6 +46,28 @@ class FluidLink:
         return cls(profile.uplink.bytes_per_s, profile.downlink.bytes_per_s,
                    profile.uplink.delay_ms / 1000.0, profile.downlink.delay_ms / 1000.0)
 
+    @classmethod
+    def loss_limited(cls, profile, mss: int = 1200) -> FluidLink:
+        """A *reference*, not the bound: the same fluid link with each direction's capacity
+        capped at the long-run throughput a Reno-style loss-based congestion controller reaches
+        under that direction's random loss (:func:`mathis_rate`; aioquic's default is NewReno,
+        Linux TCP's CUBIC matches Reno in this regime). It says how much of the bound any
+        scheduler can reach on top of such a sender; slow start at the beginning can do better
+        for a while."""
+        up, down = profile.uplink, profile.downlink
+        rtt = (up.delay_ms + down.delay_ms) / 1000.0 + mss / up.bytes_per_s + mss / down.bytes_per_s
+        return cls(min(up.bytes_per_s, mathis_rate(mss, rtt, up.loss.mean_loss)),
+                   min(down.bytes_per_s, mathis_rate(mss, rtt, down.loss.mean_loss)),
+                   up.delay_ms / 1000.0, down.delay_ms / 1000.0)
+
+
+def mathis_rate(mss: float, rtt: float, loss: float) -> float:
+    """Mathis, Semke, Mahdavi and Ott (1997): a Reno sender's long-run throughput under random
+    loss ``p``, ``MSS / RTT * sqrt(3 / (2 p))`` bytes/s (infinite without loss)."""
+    if loss <= 0:
+        return float("inf")
+    return mss / rtt * (1.5 / loss) ** 0.5
+
 
 def preemptive_edf(jobs: Sequence[tuple[float, float, float]], rate: float) -> list[float]:
     """Finish times of ``(release, deadline, work_bytes)`` jobs under preemptive EDF on one

@@ -70,6 +70,8 @@ def run_experiment(a: argparse.Namespace, log=_log) -> dict[str, Any]:
     from netem.workload import fluid_requests
 
     bounds = {s: class_bound(fluid_requests(workloads[s]), link) for s in seeds}
+    cc_link = FluidLink.loss_limited(profile)
+    cc_bounds = {s: class_bound(fluid_requests(workloads[s]), cc_link) for s in seeds}
     counts = {s: {c: sum(1 for w in workloads[s] if w.cls == c) for c in analysis.CLASS_ORDER}
               for s in seeds}
     out_dir = Path(a.out)
@@ -150,6 +152,10 @@ def run_experiment(a: argparse.Namespace, log=_log) -> dict[str, Any]:
         "bounds": {str(s): b for s, b in bounds.items()},
         "class_counts": {str(s): c for s, c in counts.items()},
         "bound_rate": bound_by_class,
+        "loss_limited_reference": {
+            "up_mbit": cc_link.up_rate * 8 / 1e6, "down_mbit": cc_link.down_rate * 8 / 1e6,
+            "counts": {str(s): b for s, b in cc_bounds.items()},
+            "rate": analysis.bound_rates(cc_bounds, counts)},
         "summary": [analysis.asdict(r) for r in rows],
         "runs": runs, "elapsed_s": time.monotonic() - t_start,
     }
@@ -178,6 +184,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help=f"one seed, schedulers {','.join(QUICK_SCHEDULERS)},tcp: under a minute")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--from-json", metavar="RESULTS_JSON",
+                    help="do not run: report again from an earlier run's results.json")
     ap.add_argument("--verbose", action="store_true", help="log every ip/tc command")
     a = ap.parse_args(argv)
     if a.schedulers:
@@ -199,11 +207,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    try:
-        res = run_experiment(a)
-    except NetemError as e:
-        print(f"netem.experiment: {e}", file=sys.stderr)
-        return 1
+    if a.from_json:
+        res = json.loads(Path(a.from_json).read_text())
+        a.profile, a.arrivals, a.requests = res["profile"]["name"], res["arrivals"], res["requests"]
+        a.out = str(Path(a.from_json).parent)
+    else:
+        try:
+            res = run_experiment(a)
+        except NetemError as e:
+            print(f"netem.experiment: {e}", file=sys.stderr)
+            return 1
     out = Path(a.out)
     rows = [analysis.ClassSummary(**r) for r in res["summary"]]
     bound_by_class = res["bound_rate"]
@@ -213,7 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{title}: {res['profile_summary']}")
     print("completion within deadline (mean±sd over seeds), mean latency of completed requests "
           "(ms, mean±sd over seeds), on-time as a fraction of the bound")
-    print(analysis.format_table(rows, bound_by_class))
+    ref = res.get("loss_limited_reference")
+    print(analysis.format_table(rows, bound_by_class, ref["rate"] if ref else None))
+    if ref and ref["up_mbit"] < res["profile"]["uplink"]["rate_mbit"]:
+        print(f"bound: offline EDF on the fluid link; ref: the same with each direction capped at "
+              f"a Reno sender's loss-limited rate (Mathis: {ref['up_mbit']:.2f} up / "
+              f"{ref['down_mbit']:.2f} down Mbit/s), what any schedule can reach on top of "
+              f"loss-based congestion control")
     with open(out / "results.json", "w") as f:
         json.dump(res, f, indent=1)
     analysis.write_csv(out / "summary.csv", rows)

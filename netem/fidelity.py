@@ -109,6 +109,12 @@ def measure(topo: Topology, duration: float = 3.0, tcp: bool = True) -> dict[str
     topo.set_link(seed=102)
     pps = {k: 1.3 * d.bytes_per_s / (PROBE_BULK + IP_UDP) for k, d in dirs.items()}
     res = _udp_phase(topo, pps["uplink"], pps["downlink"], PROBE_BULK, duration)
+    if topo.emulator == "userspace":
+        st = topo.link_stats()
+        packets = st["uplink"]["offered"] + st["downlink"]["offered"]
+        report["emulator_cpu"] = {"packets": packets, "cpu_s": st["cpu_s"],
+                                  "us_per_packet": st["cpu_s"] / max(1, packets) * 1e6,
+                                  "cpu_fraction": st["cpu_s"] / st["elapsed_s"]}
     for k, d in dirs.items():
         meas = res[k].get("rate_bps", 0.0)
         report[k].update({"rate_cfg_mbit": d.rate_mbit, "rate_meas_mbit": meas / 1e6,
@@ -121,6 +127,8 @@ def measure(topo: Topology, duration: float = 3.0, tcp: bool = True) -> dict[str
     before = topo.link_stats() if topo.emulator == "userspace" else None
     res = _udp_phase(topo, pps["uplink"], pps["downlink"], PROBE_SMALL, duration)
     after = topo.link_stats() if topo.emulator == "userspace" else None
+    if topo.emulator == "userspace":
+        report["tun_drops"] = topo.tun_drops()
     for k, d in dirs.items():
         r = res[k]
         n = r["sent"]
@@ -130,6 +138,8 @@ def measure(topo: Topology, duration: float = 3.0, tcp: bool = True) -> dict[str
                  "loss_ci": _loss_ci(n, cfg)}
         if after is not None:
             entry["queue_drops"] = after[k]["queue_drops"] - (before or after)[k]["queue_drops"]
+            # Sent but never offered to the link model: lost outside the emulated link.
+            entry["outside_drops"] = n - (after[k]["offered"] - (before or after)[k]["offered"])
         report[k].update(entry)
 
     # 4. TCP bulk transfer client -> gateway through the same link.
@@ -168,6 +178,14 @@ def format_report(rep: dict[str, Any]) -> str:
             f"{r['jitter_cfg_ms']:>6.2f}m {r['jitter_meas_ms']:>7.2f}m  "
             f"{r['loss_cfg']*100:>7.2f}% {r['loss_meas']*100:>8.2f}% {r['loss_ci']*100:>5.2f}% "
             f"{r['loss_n']:>6}")
+    if "tun_drops" in rep:
+        lines.append(f"outside   lost before the link model: {rep['uplink'].get('outside_drops')} "
+                     f"up, {rep['downlink'].get('outside_drops')} down (TUN ring drops: "
+                     f"{rep['tun_drops']})")
+    if "emulator_cpu" in rep:
+        c = rep["emulator_cpu"]
+        lines.append(f"emulator  {c['us_per_packet']:.1f} us CPU per packet ({c['packets']} packets "
+                     f"in the rate phase, {c['cpu_fraction'] * 100:.0f}% of a core)")
     if "tcp" in rep:
         t = rep["tcp"]
         extra = ""

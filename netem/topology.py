@@ -41,6 +41,7 @@ from netem.profiles import LinkProfile
 from netem.tc import netem_available, qdisc_command
 
 EMULATORS = ("auto", "tc", "userspace")
+TUN_TXQUEUELEN = 10000
 
 _LIVE: weakref.WeakSet[Topology] = weakref.WeakSet()
 _handlers_installed = False
@@ -226,7 +227,10 @@ class Topology:
                                   (g, names.TUN_GATEWAY, self.gateway_ip, self.client_ip)):
             r.run(["ip", "-n", emu_ns, "link", "set", "dev", dev, "netns", ns])
             r.run(["ip", "-n", ns, "addr", "add", ip, "peer", peer, "dev", dev])
-            r.run(["ip", "-n", ns, "link", "set", "dev", dev, "mtu", "1500", "up"])
+            # A deep device ring: if the emulator is descheduled for a moment, packets wait
+            # for it instead of being dropped outside the link model.
+            r.run(["ip", "-n", ns, "link", "set", "dev", dev, "mtu", "1500", "txqueuelen",
+                   str(TUN_TXQUEUELEN), "up"])
 
     def _emu_readline(self, timeout: float) -> str | None:
         assert self._emu is not None and self._emu.stdout is not None
@@ -262,6 +266,18 @@ class Topology:
             self.apply_tc(profile)
         else:
             self._emu_call({"op": "reset", "seed": self.seed, "profile": profile.to_dict()})
+
+    def tun_drops(self) -> dict[str, int]:
+        """Packets the kernel dropped at our TUN devices (outside the link model), per side."""
+        out = {}
+        for role, dev in (("client", names.TUN_CLIENT), ("gateway", names.TUN_GATEWAY)):
+            cp = self.runner.run(["ip", "-n", self.ns(role), "-s", "-j", "link", "show", "dev",
+                                  dev], check=False)
+            try:
+                out[role] = int(json.loads(cp.stdout)[0]["stats64"]["tx"]["dropped"])
+            except (ValueError, KeyError, IndexError):
+                out[role] = -1
+        return out
 
     def link_stats(self) -> dict[str, Any]:
         if self.emulator == "userspace":

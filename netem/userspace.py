@@ -74,10 +74,12 @@ class Forwarder:
         self.heap.clear()
         self.write_errors = 0
         self.started = time.monotonic()
+        self.cpu_started = time.process_time()
 
     def stats(self) -> dict:
         return {"profile": self.profile.name, "seed": self.seed,
                 "elapsed_s": time.monotonic() - self.started,
+                "cpu_s": time.process_time() - self.cpu_started,
                 "uplink": self.up.stats.as_dict(), "downlink": self.down.stats.as_dict(),
                 "in_flight": len(self.heap), "write_errors": self.write_errors}
 

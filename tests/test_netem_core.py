@@ -190,3 +190,15 @@ def test_missing_namespaces_fail_under_ci(monkeypatch):
     monkeypatch.setenv("CI", "")
     with pytest.raises(pytest.skip.Exception):
         nt.require_namespaces()
+
+
+def test_loss_limited_reference():
+    from netem.bound import mathis_rate
+
+    assert mathis_rate(1200, 0.1, 0.0) == float("inf")
+    # 1200 B / 100 ms * sqrt(1.5 / 0.005) = 12000 * 17.32 B/s = 1.66 Mbit/s
+    assert mathis_rate(1200, 0.1, 0.005) * 8 / 1e6 == pytest.approx(1.663, abs=0.01)
+    ref = FluidLink.loss_limited(PROFILES["3g"])
+    assert ref.up_rate < PROFILES["3g"].uplink.bytes_per_s / 3
+    clean = FluidLink.loss_limited(PROFILES["clean"])
+    assert clean == FluidLink.from_profile(PROFILES["clean"])

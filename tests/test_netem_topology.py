@@ -177,7 +177,7 @@ def test_userspace_emulator_fidelity():
         assert abs(r["rate_err"]) < 0.03, r
         assert r["delay_expected_ms"] - 0.5 <= r["delay_meas_ms"] <= r["delay_expected_ms"] + 3, r
         assert abs(r["loss_meas"] - r["loss_cfg"]) <= r["loss_ci"], r
-        assert r["queue_drops"] == 0
+        assert r["queue_drops"] == 0 and r["outside_drops"] == 0
     t = rep["tcp"]
     # TCP crosses the same emulated link and sees its losses.
     assert t["uplink_lost"] > 0 and t["uplink_packets"] > 500
