@@ -64,18 +64,23 @@ class _RateMeter:
         self._start = None
         self._bytes = 0
 
-    def sent(self, nbytes: int, now: float) -> None:
+    def sent(self, nbytes: int, now: float) -> bool:
+        """Count bytes sent at ``now``; return whether the rate estimate changed."""
         if self._start is None:
             # Bytes sent at the very start of a busy period have no duration to divide by.
             self._start = now
-            return
+            return False
         self._bytes += nbytes
         elapsed = now - self._start
-        if elapsed >= self.window:
-            sample = self._bytes / elapsed
-            self.rate = sample if self.rate is None else self.rate + self.alpha * (sample - self.rate)
-            self._start = now
-            self._bytes = 0
+        if elapsed < self.window or self._bytes <= 0:
+            # A window in which nothing was sent says nothing about the path (flow control,
+            # say), and a zero rate would make every deadline hopeless.
+            return False
+        sample = self._bytes / elapsed
+        self.rate = sample if self.rate is None else self.rate + self.alpha * (sample - self.rate)
+        self._start = now
+        self._bytes = 0
+        return True
 
 
 class AdaptiveScheduler(StreamScheduler):
@@ -90,8 +95,9 @@ class AdaptiveScheduler(StreamScheduler):
         miss_memory: int = 16,
         rate_window: float = 0.02,
         rate_alpha: float = 0.25,
+        **options,
     ) -> None:
-        super().__init__()
+        super().__init__(**options)
         if not 0 <= overload_exit <= overload_enter <= 1:
             raise ValueError("need 0 <= overload_exit <= overload_enter <= 1")
         self.overload_enter = overload_enter
@@ -118,8 +124,9 @@ class AdaptiveScheduler(StreamScheduler):
     # -- rate ---------------------------------------------------------------------------------
 
     def observe_rate(self, bytes_per_second: float) -> None:
-        if bytes_per_second > 0:
+        if bytes_per_second > 0 and bytes_per_second != self._rate_hint:
             self._rate_hint = bytes_per_second
+            self._mode_stale = True
 
     @property
     def rate(self) -> float | None:
@@ -157,12 +164,15 @@ class AdaptiveScheduler(StreamScheduler):
         super()._reposition(entry)
 
     def _backlog_changed(self, entry: StreamEntry, delta: int) -> None:
-        if entry.lane == ON_TIME and not entry.control:
+        # Control streams count too (they are sent first, so they are demand); they are never
+        # demoted.
+        if entry.lane == ON_TIME:
             self._on_time_backlog += delta
 
     def _on_sent(self, entry: StreamEntry, sent_bytes: int, now: float) -> None:
         self._now = now
-        self._meter.sent(sent_bytes, now)
+        if self._meter.sent(sent_bytes, now):
+            self._mode_stale = True
 
     def _on_blocked(self, entry: StreamEntry) -> None:
         if self._ready_count == 0:
@@ -171,7 +181,7 @@ class AdaptiveScheduler(StreamScheduler):
     def _on_removed(self, entry: StreamEntry) -> None:
         if entry.lane == ON_TIME:
             self._on_time_backlog -= entry.backlog
-            if entry.deadline < INF:
+            if entry.deadline < INF and not entry.control:
                 self._record(missed=self._now > entry.deadline)
         if self._ready_count == 0:
             self._meter.idle()

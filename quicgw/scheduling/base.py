@@ -24,7 +24,8 @@ front are O(1)). A heap record is ``(key, token, entry)``; it is live while ``to
 entry's current token. Blocking a stream leaves its record in place (a stream that blocks and
 unblocks per LLM token does not churn the heap); the record is dropped when it reaches the top
 while its stream is still blocked. Heaps are compacted when stale records outnumber live ones,
-so memory stays O(n).
+so memory stays O(n). Every key ends with the entry's arrival number, unique per entry, so two
+records never compare their entries.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ INF = float("inf")
 UNCLASSIFIED_LEVEL = 1 << 20
 DEFAULT_PRIORITY = Priority()
 
+# Round-robin turn: a little under one packet's worth of stream data (a 1200-byte packet carries
+# about 1170), so a full frame always ends a turn.
+DEFAULT_QUANTUM = 1000
+
 # A heap holds more records than live entries once streams block, change QoS or go away;
 # compact it when it is this many times larger than the number of streams (plus slack).
 _COMPACT_FACTOR = 2
@@ -52,7 +57,7 @@ class StreamEntry:
 
     __slots__ = (
         "stream_id", "qos", "priority", "control", "seq", "ready", "queued", "token",
-        "backlog", "ring", "lane", "deadline",
+        "backlog", "ring", "credit", "lane", "deadline",
     )
 
     def __init__(self, stream_id: int, qos: RequestQoS | None, control: bool, seq: int) -> None:
@@ -66,6 +71,7 @@ class StreamEntry:
         self.token = 0
         self.backlog = 0  # bytes the transport said are waiting (new data and retransmissions)
         self.ring: OrderedDict[int, StreamEntry] | None = None
+        self.credit = 0  # round-robin: bytes the stream may still send in its turn
         self.lane = 0  # policy-specific (adaptive: on time or late)
         self.deadline = INF  # cached effective deadline
 
@@ -98,7 +104,10 @@ class StreamScheduler:
 
     name: ClassVar[str] = ""
 
-    def __init__(self) -> None:
+    def __init__(self, *, quantum: int = DEFAULT_QUANTUM) -> None:
+        if quantum <= 0:
+            raise ValueError("quantum must be positive")
+        self.quantum = quantum
         self._entries: dict[int, StreamEntry] = {}
         self._control: OrderedDict[int, StreamEntry] = OrderedDict()
         self._seq = 0
@@ -181,7 +190,7 @@ class StreamScheduler:
             self._backlog_changed(entry, -taken)
         if entry.control:
             if entry.ready:
-                self._control.move_to_end(stream_id)
+                self._control.move_to_end(stream_id)  # control streams: one frame per turn
         else:
             self._on_sent(entry, sent_bytes, now)
 
@@ -192,11 +201,10 @@ class StreamScheduler:
             return
         if entry.ready:
             self._ready_count -= 1
+        entry.ready = False
         if entry.control:
             self._control.pop(stream_id, None)
-        else:
-            self._on_removed(entry)
-        entry.ready = False
+        self._on_removed(entry)
         self._invalidate(entry)
 
     # -- inspection ---------------------------------------------------------------------------
@@ -256,11 +264,32 @@ class StreamScheduler:
             del entry.ring[entry.stream_id]
             entry.ring = None
 
-    # Ring helpers (O(1)).
-    @staticmethod
-    def _ring_push(ring: OrderedDict[int, StreamEntry], entry: StreamEntry) -> None:
+    # Round-robin rings: deficit round-robin (DRR). A stream's turn lasts until it has used its
+    # credit; the credit is topped up by ``quantum`` bytes per turn and what it overspent carries
+    # over, so continuously ready streams get the same bytes in the long run, whatever the frame
+    # sizes (a frame squeezed into the last bytes of the congestion window does not cost a whole
+    # turn). With frames of a packet and a quantum under a packet, a turn is one packet. O(1)
+    # amortised: a skipped turn adds ``quantum``, and no stream overspends by more than a frame.
+    def _ring_push(self, ring: OrderedDict[int, StreamEntry], entry: StreamEntry) -> None:
         ring[entry.stream_id] = entry
         entry.ring = ring
+        entry.credit = self.quantum
+
+    def _ring_head(self, ring: OrderedDict[int, StreamEntry]) -> StreamEntry | None:
+        while ring:
+            entry = next(iter(ring.values()))
+            if entry.credit > 0:
+                return entry
+            entry.credit += self.quantum  # overspent earlier: this turn only pays it back
+            ring.move_to_end(entry.stream_id)
+        return None
+
+    def _ring_sent(self, entry: StreamEntry, sent_bytes: int) -> None:
+        if entry.ring is not None:
+            entry.credit -= sent_bytes
+            if entry.credit <= 0:
+                entry.credit += self.quantum
+                entry.ring.move_to_end(entry.stream_id)
 
     # Heap helpers (O(log n), lazy deletion).
     def _heap_push(self, heap: list, key: tuple, entry: StreamEntry) -> None:

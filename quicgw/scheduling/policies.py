@@ -13,7 +13,7 @@ from quicgw.scheduling.base import StreamEntry, StreamScheduler
 
 
 class RoundRobinScheduler(StreamScheduler):
-    """``rr``: every ready stream gets one frame (at most a packet) in turn.
+    """``rr``: ready streams take turns of about one packet each (deficit round-robin).
 
     aioquic's own order is round-robin at packet granularity too, but found by walking every
     open stream for every packet; here the ring holds only ready streams.
@@ -21,20 +21,21 @@ class RoundRobinScheduler(StreamScheduler):
 
     name = "rr"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
         self._ring: OrderedDict[int, StreamEntry] = OrderedDict()
 
     def _enqueue(self, entry: StreamEntry) -> None:
         self._ring_push(self._ring, entry)
 
     def _peek(self, now: float) -> StreamEntry | None:
-        ring = self._ring
-        return next(iter(ring.values())) if ring else None
+        return self._ring_head(self._ring)
 
     def _on_sent(self, entry: StreamEntry, sent_bytes: int, now: float) -> None:
-        if entry.ring is not None:
-            entry.ring.move_to_end(entry.stream_id)
+        self._ring_sent(entry, sent_bytes)
+
+    def _reposition(self, entry: StreamEntry) -> None:
+        pass  # QoS does not affect round-robin: keep the stream's place in the ring
 
 
 class FCFSScheduler(StreamScheduler):
@@ -42,8 +43,8 @@ class FCFSScheduler(StreamScheduler):
 
     name = "fcfs"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
         self._heap: list = []
 
     def _enqueue(self, entry: StreamEntry) -> None:
@@ -52,6 +53,9 @@ class FCFSScheduler(StreamScheduler):
     def _peek(self, now: float) -> StreamEntry | None:
         return self._heap_peek(self._heap)
 
+    def _reposition(self, entry: StreamEntry) -> None:
+        pass  # the order is the order of arrival, whatever the QoS
+
 
 class EDFScheduler(StreamScheduler):
     """``edf``: earliest absolute deadline first; unclassified streams (no deadline) last, in
@@ -59,8 +63,8 @@ class EDFScheduler(StreamScheduler):
 
     name = "edf"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
         self._heap: list = []
 
     def _enqueue(self, entry: StreamEntry) -> None:
@@ -79,8 +83,8 @@ class AbsolutePriorityScheduler(StreamScheduler):
 
     name = "abs"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
         self._heap: list = []
 
     def _enqueue(self, entry: StreamEntry) -> None:
@@ -99,8 +103,8 @@ class MultiLevelScheduler(StreamScheduler):
 
     name = "ml"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
         self._top: list = []  # tier 0: EDF heap
         self._rings: dict[int, OrderedDict[int, StreamEntry]] = {}
         self._tiers: list[int] = []  # sorted tiers that have a ring
@@ -123,12 +127,11 @@ class MultiLevelScheduler(StreamScheduler):
         for tier in self._tiers:
             ring = self._rings[tier]
             if ring:
-                return next(iter(ring.values()))
+                return self._ring_head(ring)
         return None
 
     def _on_sent(self, entry: StreamEntry, sent_bytes: int, now: float) -> None:
-        if entry.ring is not None:
-            entry.ring.move_to_end(entry.stream_id)
+        self._ring_sent(entry, sent_bytes)
 
 
 class RFC9218Scheduler(StreamScheduler):
@@ -139,8 +142,8 @@ class RFC9218Scheduler(StreamScheduler):
     name = "rfc9218"
     URGENCIES = 8
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
         self._sequential: list[list] = [[] for _ in range(self.URGENCIES)]
         self._incremental: list[OrderedDict[int, StreamEntry]] = [
             OrderedDict() for _ in range(self.URGENCIES)
@@ -151,7 +154,7 @@ class RFC9218Scheduler(StreamScheduler):
         if priority.incremental:
             self._ring_push(self._incremental[priority.urgency], entry)
         else:
-            self._heap_push(self._sequential[priority.urgency], (entry.stream_id,), entry)
+            self._heap_push(self._sequential[priority.urgency], (entry.stream_id, entry.seq), entry)
 
     def _peek(self, now: float) -> StreamEntry | None:
         for urgency in range(self.URGENCIES):
@@ -160,9 +163,8 @@ class RFC9218Scheduler(StreamScheduler):
                 return entry
             ring = self._incremental[urgency]
             if ring:
-                return next(iter(ring.values()))
+                return self._ring_head(ring)
         return None
 
     def _on_sent(self, entry: StreamEntry, sent_bytes: int, now: float) -> None:
-        if entry.ring is not None:
-            entry.ring.move_to_end(entry.stream_id)
+        self._ring_sent(entry, sent_bytes)

@@ -29,6 +29,7 @@ from aioquic.quic.packet_builder import QuicSentPacket
 CLIENT_ADDR = ("10.0.0.1", 4433)
 SERVER_ADDR = ("10.0.0.2", 443)
 ALPN = ["quicgw-test"]
+TIMER_LATENESS = 1e-6
 
 
 @cache
@@ -203,6 +204,11 @@ class SimulatedLink:
             next_time = self._next_time()
             if next_time is None or next_time > deadline:
                 return until is not None and until()
+            if not (self._in_flight and self._in_flight[0][0] <= next_time):
+                # A timer, not an arrival: fire it a microsecond late, as real event loops do.
+                # Exactly on time, aioquic's loss detection can compute ``now - loss_delay``
+                # a rounding error short of the packet's send time and re-arm the same timer.
+                next_time += TIMER_LATENESS
             self.now = max(self.now, next_time)
             self._deliver_due()
             for conn in (self.client, self.server):
