@@ -38,6 +38,7 @@ _SECURITY: Headers = [
     (b"content-security-policy",
      b"default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:"),
 ]
+LIVE_CACHE_S = 1.0
 _STATIC_FILES = ("index.html", "app.js", "style.css", "vendor/uPlot.iife.min.js",
                  "vendor/uPlot.min.css", "vendor/uPlot.LICENSE")
 
@@ -80,6 +81,8 @@ class OpsRoutes:
             **{f"/dashboard/static/{name}": f"static:{name}" for name in _STATIC_FILES},
         }
         self.names = frozenset(self.endpoints.values())
+        self._live_page: Page | None = None
+        self._live_at = -LIVE_CACHE_S
 
     def live(self) -> dict[str, Any]:
         return live_view(self.metrics.samples(), self.info, time.time())
@@ -90,7 +93,11 @@ class OpsRoutes:
         if endpoint == "dashboard":
             return self._static["index.html"]
         if endpoint == "dashboard_live":
-            return _json(self.live())
+            # Built on the event loop (a few ms); shared by every open dashboard for a second.
+            now = time.monotonic()
+            if self._live_page is None or now - self._live_at >= LIVE_CACHE_S:
+                self._live_page, self._live_at = _json(self.live()), now
+            return self._live_page
         if endpoint == "dashboard_benchmarks":
             try:  # parsing files must not stall the event loop (and every QUIC connection)
                 body = await asyncio.to_thread(self.benchmarks.body)
