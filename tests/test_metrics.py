@@ -303,3 +303,54 @@ async def test_public_ops_off_keeps_metrics_on_the_admin_port_only():
             assert page.status_code == 200 and "quicgw dashboard" in page.text
             missing = await http.get(f"{gw.admin.url}/v1/models")
             assert missing.status_code == 404 and "/metrics" in missing.text
+
+
+def test_quic_counters_on_a_lossy_link():
+    """MeteredQuicConnection on the scheduler's in-memory link: STREAM bytes per class
+    (retransmissions included), packets declared lost and lost bytes per class, connection
+    counts, and the totals kept when the connection ends."""
+    from aioquic.quic.connection import QuicConnection
+    from aioquic.quic.events import StreamDataReceived
+
+    from quicgw.metrics import connection_factory
+    from quicgw.scheduling.sim import SimulatedLink
+
+    clock = FakeClock()
+    m = make_metrics(clock)
+    received = bytearray()
+
+    def on_client_event(event, now):
+        if isinstance(event, StreamDataReceived):
+            received.extend(event.data)
+
+    def drop(direction: str, index: int, data: bytes) -> bool:
+        return direction == "s2c" and index > 20 and index % 9 == 0  # ~11 % after the handshake
+
+    link = SimulatedLink.pair(QuicConnection, connection_factory(m), drop=drop,
+                              on_client_event=on_client_event, delay=0.005, rate=2_000_000)
+    link.connect()
+    assert value(m, "quicgw_quic_connections") == 1
+    link.client.send_stream_data(0, b"request", end_stream=True)
+    link.run(until=lambda: 0 in link.server._streams, max_time=5)
+    qos = RequestQoS(DEFAULT_CLASSES[1], 0.0, 10.0)  # free
+    link.server.set_stream_qos(0, qos)
+    payload = bytes(300_000)
+    link.server.send_stream_data(0, payload, end_stream=True)
+    assert link.run(until=lambda: len(received) == len(payload), max_time=30)
+
+    free = {"class": "free", "scheduler": "edf"}
+    sent = value(m, "quicgw_scheduler_sent_bytes_total", **free)
+    lost_packets = value(m, "quicgw_quic_packets_lost_total")
+    lost_bytes = value(m, "quicgw_quic_lost_bytes_total", **{"class": "free"})
+    assert link.stats["s2c_dropped"] > 5
+    assert 0 < lost_packets <= link.stats["s2c_dropped"]
+    assert lost_bytes > 0
+    assert sent >= len(payload) + lost_bytes  # lost data went out again
+    assert value(m, "quicgw_quic_packets_sent_total") == link.server._packet_number
+    assert value(m, "quicgw_quic_connections_total") == 1
+
+    link.server.close()
+    link.run(max_time=5)
+    assert value(m, "quicgw_quic_connections") == 0  # ended: folded into the totals
+    assert value(m, "quicgw_scheduler_sent_bytes_total", **free) == sent
+    assert value(m, "quicgw_quic_packets_lost_total") == lost_packets
