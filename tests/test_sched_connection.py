@@ -568,3 +568,34 @@ def test_unknown_scheduler_and_unsupported_aioquic_are_clear_errors():
     for bad in ("1.6.2", "1.8.0", "2.0.0", "garbage"):
         with pytest.raises(ImportError, match=r"aioquic >=1.7,<1.8.*" + bad.replace(".", r"\.")):
             _check_aioquic_version(bad)
+
+
+@pytest.mark.parametrize("name", ["rr", "edf", "adaptive"])
+def test_zero_rtt_data_goes_through_the_scheduler(name):
+    tickets: dict[bytes, object] = {}
+    got_ticket = []
+    server_kwargs = {"session_ticket_fetcher": tickets.pop,
+                     "session_ticket_handler": lambda t: tickets.__setitem__(t.ticket, t)}
+    first = SimulatedLink.pair(
+        scheduled(name), QuicConnection, client_kwargs={"session_ticket_handler": got_ticket.append},
+        server_kwargs=server_kwargs,
+    )
+    first.connect()
+    first.run(max_time=0.2)
+    assert got_ticket
+    second = SimulatedLink.pair(
+        scheduled(name), QuicConnection, client_config={"session_ticket": got_ticket[-1]},
+        server_kwargs=server_kwargs,
+    )
+    client = second.client
+    receiver = Receiver(second.server)
+    second.on_server_event = receiver
+    start = second.now
+    client.connect(("10.0.0.2", 443), now=start)
+    sid = client.get_next_available_stream_id()
+    client.set_stream_qos(sid, qos(REALTIME, second.now + 1))
+    client.send_stream_data(sid, b"early" * 100, end_stream=True)
+    assert second.run(until=lambda: sid in receiver.done, max_time=5)
+    assert receiver.data[sid] == b"early" * 100
+    assert second.server.tls.early_data_accepted
+    assert receiver.first[sid] < start + 1.5 * second.delay  # in the first flight: 0-RTT
