@@ -124,7 +124,13 @@ def test_load_benchmarks_reads_profiles_plans_and_reports_broken_files(tmp_path)
     (d / "other.json").write_text(json.dumps({"something": "else"}))  # ignored
     (d / "bad-profile.json").write_text(json.dumps({"model": "m", "gpu": "g", "points": []}))
     (d / "truncated.json").write_text('{"kind": ')
+    (d / "evaluate.json").write_text(json.dumps({
+        "seeds": [1000], "duration_s": 150.0, "workloads": ["stable"], "policies": [],
+        "tables": {"poster": {"dqn": {"stable": {"mean": 0.7, "std": 0.01, "min": 0.69,
+                                                 "max": 0.71, "spread_over": "seeds"}}}}}))
     out = load_benchmarks([d])
+    assert [e["id"] for e in out["evaluations"]] == ["runs/evaluate.json"]
+    assert out["evaluations"][0]["clusters"]["poster"]["dqn"]["stable"]["mean"] == 0.7
     assert sorted(p["id"] for p in out["profiles"]) == ["runs/a100.json", "runs/nested/h100.json"]
     assert [p["id"] for p in out["plans"]] == ["runs/plan.json"]
     assert sorted(s["file"] for s in out["skipped"]) == ["runs/bad-profile.json",

@@ -43,6 +43,22 @@ LIVE_CHARTS = ("chart-attainment", "chart-latency", "chart-throughput", "chart-l
 TRAFFIC_S = 7.0
 
 # Everything the live view plotted or tabulated, as the page wrote it into data-* attributes.
+def _score(mean: float) -> dict:
+    return {"mean": mean, "std": 0.01, "min": mean - 0.02, "max": mean + 0.02,
+            "spread_over": "seeds"}
+
+
+# training/evaluate.py's evaluate.json layout (rlrouter): per cluster, router and workload.
+EVALUATION = {
+    "seeds": [1000, 1001], "duration_s": 150.0, "workloads": ["stable", "bursty"],
+    "policies": ["rlrouter/policies/dqn_seed0.npz"],
+    "tables": {"poster": {"dqn": {"stable": _score(0.74), "bursty": _score(0.69)},
+                          "slackfit": {"stable": _score(0.71), "bursty": _score(0.70)},
+                          "jsq": {"stable": _score(0.52), "bursty": _score(0.47)}}},
+    "poster_layout": {"stable": {"dqn": {"rr": 0.61, "edf": 0.66},
+                                 "jsq": {"rr": 0.44, "edf": 0.49}}},
+}
+
 READ_PAGE = """(() => {
   const rows = (sel) => [...document.querySelectorAll(sel)].map((el) => ({...el.dataset}));
   return {
@@ -104,6 +120,8 @@ def bench_dir(tmp_path: Path) -> tuple[Path, dict, dict]:
     plan_path = directory / "plans" / "motivation.json"
     assert solve(["--problem", str(MOTIVATION), "--plan", str(plan_path), "--quiet"]) == 0
     (directory / "broken.json").write_text("{not json")
+    (directory / "rlrouter").mkdir()
+    (directory / "rlrouter" / "evaluate.json").write_text(json.dumps(EVALUATION))
     return directory, json.loads(EXAMPLE_PROFILE.read_text()), json.loads(plan_path.read_text())
 
 
@@ -280,6 +298,10 @@ async def test_dashboard_charts_show_what_the_gateway_reports(chromium_path, tmp
                       planInstances: plan.querySelector('.compare .best').dataset.instances,
                       planRows: plan.querySelectorAll('tbody tr[data-instance]').length,
                       rows: document.querySelectorAll('#bench-points tbody tr').length,
+                      evaluation: document.querySelector('#eval-view').dataset.evaluation,
+                      scores: [...document.querySelectorAll('#eval-view tr[data-router] td[data-score]')]
+                        .map((td) => [td.parentElement.dataset.router, td.dataset.workload,
+                                      Number(td.dataset.score)]),
                       skipped: document.querySelector('#bench-skipped').textContent};
             })()""", 30)
             save_artifact(tmp_path, browser, "dashboard-benchmarks.png")
@@ -296,6 +318,13 @@ async def test_dashboard_charts_show_what_the_gateway_reports(chromium_path, tmp
             assert bench["plan"] == "bench/plans/motivation.json"
             assert int(bench["planInstances"]) == len(plan["instances"]) == bench["planRows"]
             assert "broken.json" in bench["skipped"]
+            # the rlrouter evaluation: every score of both tables, as the file says
+            assert bench["evaluation"] == "bench/rlrouter/evaluate.json"
+            want = [[r, w, d["mean"]] for r, row in EVALUATION["tables"]["poster"].items()
+                    for w, d in row.items()]
+            want += [[r, s, v] for r, row in EVALUATION["poster_layout"]["stable"].items()
+                     for s, v in row.items()]
+            assert bench["scores"] == want
 
 
 async def test_dashboard_loads_over_http3(chromium_path, tmp_path):

@@ -241,6 +241,33 @@ def plan_view(plan: Any, file_id: str) -> dict[str, Any]:
     return {"id": file_id, **plan.to_json()}
 
 
+def evaluation_view(data: dict[str, Any], file_id: str) -> dict[str, Any] | None:
+    """An rlrouter evaluation (``training/evaluate.py``'s evaluate.json: per cluster, per
+    router, per workload the mean score over test seeds), or None if ``data`` is not one."""
+    tables = data.get("tables")
+    if not isinstance(tables, dict) or not isinstance(data.get("workloads"), list):
+        return None
+    clusters = {}
+    for cluster, routers in tables.items():
+        if not isinstance(routers, dict):
+            return None
+        rows = {}
+        for router, by_workload in routers.items():
+            if not isinstance(by_workload, dict):
+                return None
+            rows[str(router)] = {
+                str(w): {k: _finite(d.get(k)) for k in ("mean", "std", "min", "max")}
+                for w, d in by_workload.items() if isinstance(d, dict)}
+        clusters[str(cluster)] = rows
+    layout = data.get("poster_layout") if isinstance(data.get("poster_layout"), dict) else {}
+    return {"id": file_id, "workloads": [str(w) for w in data["workloads"]],
+            "seeds": data.get("seeds"), "duration_s": _finite(data.get("duration_s")),
+            "clusters": clusters,
+            "poster_layout": {str(w): {str(r): {str(k): _finite(v) for k, v in cols.items()}
+                                       for r, cols in rows.items() if isinstance(cols, dict)}
+                              for w, rows in layout.items() if isinstance(rows, dict)}}
+
+
 def _json_files(directory: Path) -> list[Path]:
     found: list[Path] = []
     for root, dirs, files in os.walk(directory):
@@ -255,12 +282,12 @@ def _json_files(directory: Path) -> list[Path]:
 
 def load_benchmarks(directories: Iterable[Path]) -> dict[str, Any]:
     """Every ILP profile and plan JSON file under ``directories`` (recursively), parsed with
-    ilp's own types; files that are neither are ignored, broken ones listed under ``skipped``
-    with the reason."""
+    ilp's own types, and rlrouter evaluation results; other files are ignored, broken ones
+    listed under ``skipped`` with the reason."""
     from ilp.plan import PLAN_KIND, Plan, PlanError
     from ilp.profile import Profile, ProfileError
 
-    profiles, plans, skipped, dirs = [], [], [], []
+    profiles, plans, evaluations, skipped, dirs = [], [], [], [], []
     for directory in directories:
         directory = Path(directory)
         dirs.append(str(directory))
@@ -284,9 +311,12 @@ def load_benchmarks(directories: Iterable[Path]) -> dict[str, Any]:
                     plans.append(plan_view(Plan.from_json(data, file_id), file_id))
                 elif "points" in data and "model" in data and "gpu" in data:
                     profiles.append(profile_view(Profile.from_json(data, file_id), file_id))
+                elif (evaluation := evaluation_view(data, file_id)) is not None:
+                    evaluations.append(evaluation)
             except (ProfileError, PlanError, KeyError, TypeError, ValueError) as e:
                 skipped.append({"file": file_id, "error": str(e)})
-    return {"directories": dirs, "profiles": profiles, "plans": plans, "skipped": skipped}
+    return {"directories": dirs, "profiles": profiles, "plans": plans,
+            "evaluations": evaluations, "skipped": skipped}
 
 
 class BenchmarkLibrary:

@@ -382,12 +382,14 @@
       return;
     }
     const b = state.bench;
-    $("#bench-source").textContent = `${b.profiles.length} profile(s), ${b.plans.length} plan(s) from ${b.directories.join(", ") || "–"}`;
+    $("#bench-source").textContent = `${b.profiles.length} profile(s), ${b.plans.length} plan(s), ${(b.evaluations || []).length} routing evaluation(s) from ${b.directories.join(", ") || "–"}`;
     $("#bench-skipped").textContent = b.skipped.length ? `skipped: ${b.skipped.map((s) => `${s.file} (${s.error})`).join("; ")}` : "";
     fillSelect($("#pick-engine"), uniq(b.profiles.map((p) => p.engine)).map((e) => [e, e]));
     onPick("engine");
     fillSelect($("#pick-plan"), b.plans.map((p, i) => [String(i), `${p.problem || p.id} (${p.id})`]));
     renderPlan();
+    fillSelect($("#pick-eval"), (b.evaluations || []).map((e, i) => [String(i), e.id]));
+    renderEval();
   }
 
   function onPick(level) {
@@ -526,6 +528,45 @@
     view.append(compare, legend, table, routes);
   }
 
+  /* rlrouter evaluations: mean score (weighted quality within the deadline) per router and
+   * workload on held-out seeds; the best router of each column is marked. */
+  function renderEval() {
+    const b = state.bench;
+    const view = $("#eval-view");
+    view.textContent = "";
+    const evals = (b && b.evaluations) || [];
+    if (!evals.length) {
+      $("#eval-summary").textContent = "";
+      view.append(h("div", { class: "empty" }, "No rlrouter evaluations in the benchmark directory: `python training/evaluate.py --out-dir DIR` writes evaluate.json."));
+      return;
+    }
+    const ev = evals[Number($("#pick-eval").value || 0)];
+    view.dataset.evaluation = ev.id;
+    $("#eval-summary").textContent = `score = weighted quality within the deadline · ${(ev.seeds || []).length} test seeds · ${fmtSec(ev.duration_s)} per run`;
+    const table = (title, workloads, rows, cell) => {
+      const best = Object.fromEntries(workloads.map((w) => [w, Math.max(...Object.values(rows).map((r) => (cell(r, w) ?? -Infinity)))]));
+      const max = Math.max(1e-9, ...Object.values(best).filter(isFinite));
+      return h("div", { style: "margin-bottom:12px" }, h("div", { class: "hint", style: "margin:4px 0" }, title),
+        h("table", { class: "tbl" }, h("thead", {}, h("tr", {}, h("th", {}, "router"), ...workloads.map((w) => h("th", {}, w)))),
+          h("tbody", {}, ...Object.entries(rows).map(([router, r]) => h("tr", { "data-router": router }, h("td", {}, router),
+            ...workloads.map((w) => {
+              const v = cell(r, w);
+              const isBest = v !== null && v !== undefined && v === best[w];
+              return h("td", { "data-workload": w, "data-score": v },
+                h("div", { class: "bars" }, h("div", { class: "bar", style: "grid-template-columns: 1fr 70px; margin:0" },
+                  h("div", { class: "track" }, h("div", { class: "fill", style: `--c:${isBest ? "#3ecf8e" : "#6aa7ff"};width:${v ? (v / max * 100).toFixed(1) : 0}%` })),
+                  h("span", { class: `val ${isBest ? "good" : ""}` }, v === null || v === undefined ? "–" : v.toFixed(3)))));
+            }))))));
+    };
+    for (const [cluster, rows] of Object.entries(ev.clusters)) {
+      view.append(table(`cluster ${cluster}: mean score over the test seeds, per workload`, ev.workloads.filter((w) => Object.values(rows).some((r) => r[w])), rows, (r, w) => r[w] ? r[w].mean : null));
+    }
+    for (const [w, rows] of Object.entries(ev.poster_layout || {})) {
+      const scheds = [...new Set(Object.values(rows).flatMap((r) => Object.keys(r)))];
+      view.append(table(`${w} workload over an emulated network: score per router (rows) and stream scheduler (columns)`, scheds, rows, (r, s) => r[s] ?? null));
+    }
+  }
+
   // -- tabs ---------------------------------------------------------------------------------------------
   function showView() {
     const bench = location.hash === "#benchmarks";
@@ -548,6 +589,7 @@
     $("#pick-metric").addEventListener("change", renderProfile);
     $("#pick-log").addEventListener("change", renderProfile);
     $("#pick-plan").addEventListener("change", renderPlan);
+    $("#pick-eval").addEventListener("change", renderEval);
     window.addEventListener("hashchange", showView);
     window.addEventListener("resize", resizeCharts);
     showView();
