@@ -33,7 +33,9 @@ ENV_ID = "rlrouter/LLMRouting-v0"
 class EnvConfig:
     """Environment options (pass as a dict: ``config={"cluster": "random", ...}``)."""
 
-    cluster: str = "poster"  # a name in rlrouter.cluster.CLUSTERS, a spec string, or "random"
+    # A name in rlrouter.cluster.CLUSTERS, a spec string, "random", or a list of those (one is
+    # drawn per episode).
+    cluster: str | list[str] = "poster"
     cluster_size: tuple[int, int] = (2, MAX_INSTANCES)  # instance count range for "random"
     workload: str = "mixed"  # stable | unpredictable | trace | mixed (stable or unpredictable)
     trace: str | None = None  # CSV for the trace workload
@@ -83,9 +85,13 @@ class LLMRoutingEnv(gym.Env):
         self.observation_space = LLMRoutingEnv.observation_space
         self.action_space = LLMRoutingEnv.action_space
         self.sim: Simulator | None = None
-        self._fixed_instances = None
-        if self.config.cluster != "random":
-            self._fixed_instances = build_instances(cluster_specs(self.config.cluster))
+        choices = [self.config.cluster] if isinstance(self.config.cluster, str) else list(
+            self.config.cluster)
+        if not choices:
+            raise ValueError("cluster: give at least one cluster")
+        # None stands for "random"; fixed clusters are built once.
+        self._clusters = [None if c == "random" else build_instances(cluster_specs(c))
+                          for c in choices]
         self._mask = np.zeros(MAX_INSTANCES, dtype=bool)
         self._valid: list[int] = []
         self._steps = 0
@@ -96,9 +102,9 @@ class LLMRoutingEnv(gym.Env):
         super().reset(seed=seed)
         rng = self.np_random
         cfg = self.config
-        if self._fixed_instances is not None:
-            instances = self._fixed_instances
-        else:
+        pick = 0 if len(self._clusters) == 1 else int(rng.integers(len(self._clusters)))
+        instances = self._clusters[pick]
+        if instances is None:
             lo, hi = cfg.cluster_size
             instances = build_instances(random_cluster(rng, lo, hi))
         kind = cfg.workload

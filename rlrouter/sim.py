@@ -108,7 +108,7 @@ class Simulator:
         self._tasks = arrivals.tasks
         self._sent = arrivals.time.tolist()  # client send time; the deadline counts from here
         if network is not None:
-            self._at_gateway = network.upload(arrivals, self._deadline, self._prio)
+            self._at_gateway = network.upload(arrivals)
         else:
             self._at_gateway = self._sent
         # Requests reach the gateway in upload-completion order.
@@ -119,6 +119,9 @@ class Simulator:
         self._finish = [0.0] * n  # predicted finish (engine clock), per request
         self._due = [0.0] * n  # latest finish that still meets the deadline
         self._holding: list[list[EngineRequest]] = [[] for _ in self.instances]
+        # Diagnostics of the shaped reward: credited at decisions, taken back as harm, paid on
+        # settlement (earned more than still credited), taken back on settlement.
+        self.shaping = [0.0, 0.0, 0.0, 0.0]
         self._model_counts = [0] * len(self.instances)
         self._pos = 0
         self.now = 0.0
@@ -160,7 +163,10 @@ class Simulator:
             self._credit[k] = credit
             self._finish[k] = finish
             self._due[k] = due
-            reward += credit - self._harm(index, self._inp[k], self._out[k], self._prio[c])
+            harm = self._harm(index, self._inp[k], self._out[k], self._prio[c])
+            self.shaping[0] += credit
+            self.shaping[1] += harm
+            reward += credit - harm
         er = EngineRequest(k, self._inp[k], self._out[k], now, priority=self._prio[c],
                            deadline=deadline_abs)
         engine.submit(er)
@@ -192,7 +198,8 @@ class Simulator:
     def _response_delay_guess(self, k: int) -> float:
         return 0.0 if self.network is None else self.network.response_delay_estimate(self._out[k])
 
-    def _harm(self, i: int, input_tokens: int, output_tokens: int, priority: int) -> float:
+    def _harm(self, i: int, input_tokens: int, output_tokens: int, priority: int,
+              dry: bool = False) -> float:
         """Credit lost by the requests on instance ``i`` when a new request joins (see the
         module docstring). Only requests still holding credit can lose it, so only they are
         visited."""
@@ -218,14 +225,31 @@ class Simulator:
             f2 = f + stall + tau1 * (left if left < output_tokens else output_tokens)
             if r.admitted is None and r.priority > priority:
                 f2 += turn
-            finish[rid] = f2
             if f2 > due[rid]:
                 lost += credit[rid]
-                credit[rid] = 0.0
+                if not dry:
+                    credit[rid] = 0.0
             else:
                 keep.append(r)
-        self._holding[i] = keep
+            if not dry:
+                finish[rid] = f2
+        if not dry:
+            self._holding[i] = keep
         return lost
+
+    def preview(self, index: int) -> float:
+        """The shaped reward routing the pending request to ``index`` would be credited with
+        at once (credit minus harm), without routing it. Uses per-request engine state that a
+        gateway does not have: for analysis (an upper reference for myopic routers), not a
+        baseline."""
+        k = self._order[self._pos]
+        c = self._cls[k]
+        engine = self.engines[index]
+        est = engine.estimate_latency_s(self._inp[k], self._out[k], self._prio[c])
+        due = self._sent[k] + self._deadline[c] - self._response_delay_guess(k)
+        q = self._quality[index][self._task[k]]
+        credit = self._weights[c] * q if self.now + est <= due else 0.0
+        return credit - self._harm(index, self._inp[k], self._out[k], self._prio[c], dry=True)
 
     def _next_request(self) -> None:
         if self._pos >= self.n:
@@ -243,7 +267,7 @@ class Simulator:
         est = self.rate_estimator
         est.observe(name, t)
         self.view.now = t
-        self.view.rates = {cn: est.rates(cn, t) for cn in self._class_names}
+        self.view.rates = est.all_rates(self._class_names, t)
         for e, load in zip(self.engines, self.loads, strict=True):
             load.in_flight = len(e.running)
             load.queued = e._n_waiting
@@ -256,7 +280,9 @@ class Simulator:
 
     def _advance(self, t: float) -> None:
         for i, e in enumerate(self.engines):
-            if not e.busy and e._current is None:
+            if e._current is None and not e.busy:
+                if t > e.now and t != math.inf:
+                    e.now = t  # what advance_to does for an idle engine, without the call
                 continue
             for r in e.advance_to(t):
                 self._finished(i, r)
@@ -265,8 +291,8 @@ class Simulator:
 
     def _finished(self, i: int, r: EngineRequest) -> None:
         if self.network is not None:
-            self.network.download(r.rid, r.finished, self._out[r.rid], r.deadline,
-                                  self._prio[self._cls[r.rid]], i)
+            k = r.rid
+            self.network.download(k, r.finished, self._out[k], self._sent[k], self._cls[k], i)
             return
         self._score(r.rid, i, r.finished)
 
@@ -283,8 +309,13 @@ class Simulator:
         self.board.add(self._class_names[c], w, q, met, latency)
         self._latencies.append(latency)
         earned = w * q if met else 0.0
-        self._pending_reward += earned - self._credit[k]
+        settle = earned - self._credit[k]
+        self._pending_reward += settle
         self._credit[k] = 0.0
+        if settle > 0:
+            self.shaping[2] += settle
+        else:
+            self.shaping[3] -= settle
 
 
 def simulate(instances: Sequence[InstanceInfo], arrivals: Arrivals, router: Router,

@@ -36,36 +36,46 @@ class RateEstimator:
     """Exponentially decaying arrival-rate estimates (requests/s) per class and window.
 
     Each window w keeps ``r <- r * exp(-dt / w) + 1 / w`` per arrival, which converges to the
-    arrival rate for stationary Poisson traffic and forgets with time constant w.
+    arrival rate for stationary Poisson traffic and forgets with time constant w. All keys decay
+    together on one clock (one ``exp`` per window per call, whatever the number of keys);
+    times earlier than the latest seen are treated as the latest.
     """
 
     windows: tuple[float, ...] = RATE_WINDOWS_S
     _rates: dict[str, list[float]] = field(default_factory=dict)
-    _last: dict[str, float] = field(default_factory=dict)
+    _now: float | None = None
 
-    def _decay(self, key: str, now: float) -> list[float]:
+    def _decay(self, now: float) -> None:
+        last = self._now
+        if last is None:
+            self._now = now
+            return
+        dt = now - last
+        if dt > 0.0:
+            factors = [math.exp(-dt / w) for w in self.windows]
+            for rates in self._rates.values():
+                for i, f in enumerate(factors):
+                    rates[i] *= f
+            self._now = now
+
+    def observe(self, key: str, now: float) -> None:
+        self._decay(now)
         rates = self._rates.get(key)
         if rates is None:
             rates = self._rates[key] = [0.0] * len(self.windows)
-            self._last[key] = now
-            return rates
-        dt = now - self._last[key]
-        if dt > 0.0:
-            for i, w in enumerate(self.windows):
-                rates[i] *= math.exp(-dt / w)
-            self._last[key] = now
-        return rates
-
-    def observe(self, key: str, now: float) -> None:
-        rates = self._decay(key, now)
         for i, w in enumerate(self.windows):
             rates[i] += 1.0 / w
 
     def rates(self, key: str, now: float) -> tuple[float, ...]:
-        return tuple(self._decay(key, now))
+        self._decay(now)
+        rates = self._rates.get(key)
+        return tuple(rates) if rates is not None else (0.0,) * len(self.windows)
 
     def all_rates(self, keys: Iterable[str], now: float) -> dict[str, tuple[float, ...]]:
-        return {k: self.rates(k, now) for k in keys}
+        self._decay(now)
+        zero = (0.0,) * len(self.windows)
+        got = self._rates
+        return {k: tuple(got[k]) if k in got else zero for k in keys}
 
 
 # -- the observation ------------------------------------------------------------------------
