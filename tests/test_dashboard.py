@@ -211,3 +211,17 @@ def test_vendored_uplot_matches_the_pinned_npm_release():
     assert hashlib.sha256(css).hexdigest() == css_sha
     licence = (STATIC / "vendor" / "uPlot.LICENSE").read_text()
     assert "MIT License" in licence and "Leon Sorokin" in licence
+
+
+def test_the_static_files_are_package_data():
+    """Installed from a wheel (the docker images), the page must be there: every file under
+    static/ matches a package-data pattern of quicgw.dashboard in pyproject.toml."""
+    import fnmatch
+    import tomllib
+
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    patterns = data["tool"]["setuptools"]["package-data"]["quicgw.dashboard"]
+    files = [p.relative_to(STATIC.parent).as_posix() for p in STATIC.rglob("*") if p.is_file()]
+    assert files
+    for f in files:
+        assert any(fnmatch.fnmatch(f, pat) for pat in patterns), f"{f} is not package data"
