@@ -56,6 +56,7 @@ async def test_gateway_and_sdk_with_each_scheduler(scheduler):
         for (cls, _), body, r in zip(WORKLOAD, bodies, responses, strict=True):
             assert r.status == 200, r.content[:200]
             assert r.content == body
+            assert r.headers["x-quicgw-class"] == cls
 
         # A token stream: the response stream turns ready and idle once per token.
         tokens = [t async for t in client.stream_chat(
