@@ -39,13 +39,17 @@ Integration (gateway and client SDK)
 
        quic.set_stream_qos(event.stream_id, qos)   # qos.priority from the `priority` header
 
-   On ``PriorityUpdateReceived`` nothing more is required (the H3 layer already called
-   ``quic.set_stream_priority(ev.stream_id, ev.priority)``; a PRIORITY_UPDATE that arrives
+   On ``PriorityUpdateReceived`` nothing more is required by default: the H3 layer already
+   called ``quic.set_stream_priority(ev.stream_id, ev.priority)`` (a PRIORITY_UPDATE that arrives
    before the request is buffered and overrides the header's priority when ``set_stream_qos`` is
-   called). To keep your own record in step::
+   called; ``quic.stream_qos[ev.stream_id]`` then carries it). A gateway that vets the signal
+   first (ours clamps it to the class's urgency) builds ``PriorityH3Connection(quic,
+   apply_to_scheduler=False)`` and calls, for a classified stream::
 
-       qos = quic.stream_qos.get(ev.stream_id)      # already carries ev.priority
-       # or, equivalently, quic.set_stream_qos(ev.stream_id, replace(my_qos, priority=ev.priority))
+       quic.set_stream_priority(ev.stream_id, vetted_priority)
+
+   or, equivalently, ``quic.set_stream_qos(ev.stream_id, replace(qos, priority=vetted))``.
+   ``ev.stream_id`` is ``None`` for the push variant (``ev.push_id``).
 
 4. Client SDK, for each request (uploads are scheduled too)::
 

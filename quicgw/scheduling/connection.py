@@ -19,6 +19,10 @@ protocol logic and replaces the per-packet walks with state kept up to date by e
   (data received, or our data/reset acknowledged); streams with a STOP_SENDING or RESET_STREAM
   to send.
 
+Subclasses (the gateway's metered connection) may extend ``_push_stream_frame`` (every STREAM
+frame written) and ``_on_stream_data_delivery`` (every STREAM frame acknowledged or lost); their
+signatures are kept stable.
+
 The result is O(log n) per packet in open streams. ``_write_application`` is re-implemented
 (adapted from aioquic 1.7.2, BSD-3-Clause) because it is one monolithic method; the parts that
 are not about streams are unchanged in content and order. The subclass depends on private
