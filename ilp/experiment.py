@@ -421,8 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ilp.experiment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("which", choices=("priority", "multi", "motivation"))
-    p.add_argument("--time-scale", type=float, default=20.0,
-                   help="emulated backends run this much faster than real time (default 20)")
+    p.add_argument("--time-scale", type=float, default=10.0,
+                   help="emulated backends run this much faster than real time (default 10; "
+                        "overheads outside the model are scaled up by it too)")
     p.add_argument("--duration", type=float, default=DURATION_S,
                    help="model seconds per run (default 2400: the paper's 40 minutes)")
     p.add_argument("--instance", choices=sorted(INSTANCES), default="tgis",
