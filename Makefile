@@ -19,10 +19,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/quicgw demo
 
-# Debian packages the tests need: Chromium for the dashboard's browser tests. Installed only when
+# Debian packages the tests need: iproute2/procps for netem's namespaces (netem's own script) and
+# Chromium for the dashboard's browser tests. Installed only when
 # missing and we are root (CI is); otherwise say what to install and go on, and the browser
 # tests fail under CI=true (they skip only on a developer machine without it).
 sysdeps:
+	@bash netem/ensure-system-deps.sh || echo "sysdeps: netem's system tools are missing (see above)" >&2
 	@if [ ! -x /usr/bin/chromium ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "sysdeps: installing Debian's chromium (browser tests)"; \
