@@ -5,6 +5,7 @@ deadline-derived timeouts and graceful shutdown with GOAWAY."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 
@@ -412,3 +413,32 @@ async def test_shutdown_ends_requests_still_running_after_the_grace_period():
         finally:
             await gw.stop()
 
+
+
+async def test_upstream_connections_survive_cancellation_while_closing():
+    # httpcore leaks a pooled connection (ACTIVE forever) when a cancellation lands inside its
+    # response close; once max_connections leaked, every request waited forever. Closing is
+    # shielded, and relaying never closes inside the caller's task.
+    from quicgw.gateway.upstream import Upstream
+
+    async with FakeBackend() as fake:
+        up = Upstream("fake", fake.url, max_connections=2, timeout_s=5)
+        try:
+            body = json.dumps({"model": "x", "messages": MESSAGES, "max_tokens": 3,
+                               "stream": True}).encode()
+            for _ in range(6):  # three times the pool
+                response = await up.open_stream("/v1/chat/completions", body)
+                data = b"".join([c async for c in up.relay(response)])
+                assert data.rstrip().endswith(b"data: [DONE]")
+                closing = asyncio.create_task(up.close(response))
+                await asyncio.sleep(0)
+                closing.cancel()  # the request's task is cancelled as it closes
+                with pytest.raises(asyncio.CancelledError):
+                    await closing
+            await until(lambda: all("IDLE" in repr(c) for c in
+                                    up.client._transport._pool.connections), what="idle pool")
+            r = await asyncio.wait_for(up.post("/v1/chat/completions", json.dumps(
+                {"model": "x", "messages": MESSAGES, "max_tokens": 1}).encode()), 5)
+            assert r.status == 200
+        finally:
+            await up.aclose()

@@ -153,6 +153,19 @@ class StreamingResponse:
         """Stop receiving: cancels the request at the gateway if it is still running."""
         self._client._cancel(self._stream)
 
+    async def _await_end(self, grace_s: float = 2.0) -> None:
+        """The answer is complete (``[DONE]``): wait briefly for the stream's end rather than
+        cancelling a request the server has already finished (a reset there would cancel its
+        clean-up). A server that never ends the stream is cancelled after ``grace_s``."""
+        stream = self._stream
+        end = time.monotonic() + grace_s
+        while not stream.ended and time.monotonic() < end:
+            try:
+                await asyncio.wait_for(stream.waiter(), end - time.monotonic())
+            except TimeoutError:
+                break
+        stream.chunks = []
+
     async def __aenter__(self) -> StreamingResponse:
         return self
 
@@ -203,6 +216,7 @@ class TokenStream:
                 raise APIError(r.status, _error_message(content))
             async for data in r.aiter_events():
                 if data == "[DONE]":
+                    await r._await_end()
                     return
                 event = json.loads(data)
                 if "error" in event:

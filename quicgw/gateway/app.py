@@ -518,7 +518,7 @@ class GatewayApp:
         response = await upstream.open_stream(path, payload)
         try:
             if response.status_code != 200:
-                data = await response.aread()
+                data = await upstream.read_all(response)
                 if response.status_code >= 500:
                     raise UpstreamError(502, f"backend {inst.backend.name} answered "
                                              f"{response.status_code}: {data[:200]!r}")
@@ -548,7 +548,7 @@ class GatewayApp:
             await _stream_error(out, e.status, e.message, "upstream_error")
             return _FAILED
         finally:
-            await response.aclose()
+            await upstream.close(response)
 
 
 _FAILED = -1  # outcomes of _serve

@@ -7,10 +7,18 @@ calls work against vLLM, TGI, Ollama, llama.cpp and the emulated backend: they a
 
 Failures become :class:`UpstreamError` with the status the client should see (502 unreachable or
 broken, 504 too slow); nothing waits forever: every read has a timeout.
+
+Cancellation (a client resets its stream, a request expires): httpcore (1.0.x) leaks the pooled
+connection for good when a cancellation lands while it closes a response (its connection stays
+ACTIVE; once ``max_connections`` have leaked, every request waits for a connection forever). So
+bodies are read from ``response.stream`` (which, unlike ``aiter_raw``, does not close the
+response inside the caller's task at its end) and responses are closed with :meth:`close`,
+shielded from the caller's cancellation.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -71,20 +79,34 @@ class Upstream:
         return UpstreamError(502, f"backend {self.name} failed ({what})")
 
     async def post(self, path: str, body: bytes) -> UpstreamResponse:
+        response = await self._send(path, body, _JSON_HEADERS)
         try:
-            r = await self.client.post(path, content=body, headers=_JSON_HEADERS)
-        except httpx.HTTPError as exc:
-            raise self._error(exc) from exc
-        return UpstreamResponse(r.status_code, r.headers.get("content-type", "").encode(),
-                                r.content)
+            data = await self.read_all(response)
+        finally:
+            await self.close(response)
+        return UpstreamResponse(response.status_code,
+                                response.headers.get("content-type", "").encode(), data)
 
     async def open_stream(self, path: str, body: bytes) -> httpx.Response:
-        """Send a streaming request; the caller reads with :meth:`relay` and must close it."""
-        request = self.client.build_request("POST", path, content=body, headers=_SSE_HEADERS)
+        """Send a streaming request; the caller reads with :meth:`relay` (or
+        :meth:`read_all`) and must :meth:`close` it."""
+        return await self._send(path, body, _SSE_HEADERS)
+
+    async def _send(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        request = self.client.build_request("POST", path, content=body, headers=headers)
         try:
             return await self.client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise self._error(exc) from exc
+
+    async def read_all(self, response: httpx.Response) -> bytes:
+        return b"".join([chunk async for chunk in self.relay(response)])
+
+    @staticmethod
+    async def close(response: httpx.Response) -> None:
+        """Close a response (return its connection to the pool), whatever happens to the
+        calling task meanwhile (see the module docstring)."""
+        await asyncio.shield(response.aclose())
 
     async def relay(self, response: httpx.Response) -> AsyncIterator[bytes]:
         """The raw bytes of a streamed body as they arrive.
@@ -94,7 +116,7 @@ class Upstream:
         surfaces as an httpx error (incomplete chunked body), turned into UpstreamError here.
         """
         try:
-            async for chunk in response.aiter_raw():
+            async for chunk in response.stream:
                 if chunk:
                     yield chunk
         except httpx.HTTPError as exc:
@@ -173,6 +195,13 @@ class InstantUpstream:
     async def relay(self, response: _InstantStream) -> AsyncIterator[bytes]:
         for chunk in response.chunks:
             yield chunk
+
+    async def read_all(self, response: _InstantStream) -> bytes:
+        return b"".join(response.chunks)
+
+    @staticmethod
+    async def close(response: _InstantStream) -> None:
+        pass
 
     async def check(self, timeout_s: float = 1.0) -> bool:
         return True
