@@ -155,6 +155,14 @@ class ScheduledQuicConnection(QuicConnection):
             self._scheduler = make_scheduler(scheduler, **(scheduler_options or {}))
         super().__init__(**kwargs)
         self.scheduler_name = self._scheduler.name
+        # A congestion controller with a rate model (quicgw.congestion's bbr) paces at its own
+        # rate: aioquic's pacer would run at cwnd / smoothed RTT. It also wants to know when
+        # the sender runs out of data (app-limited rate samples say nothing about the path).
+        cc = self._loss._cc
+        make_pacer = getattr(cc, "make_pacer", None)
+        if make_pacer is not None:
+            self._loss._pacer = make_pacer()
+        self._on_app_limited = getattr(cc, "on_app_limited", None)
         # QoS by stream ID; may be set before the stream exists (applied when it opens).
         self.stream_qos: dict[int, RequestQoS] = {}
         self._priority_overrides: dict[int, Priority] = {}
@@ -411,16 +419,26 @@ class ScheduledQuicConnection(QuicConnection):
         space = self._spaces[tls.Epoch.ONE_RTT]
 
         if self._scheduler.wants_rate_hint and self._loss._rtt_smoothed > 0:
+            # The controller's bandwidth estimate where it has one (BBR's cwnd is twice the
+            # BDP, so cwnd / RTT would overstate the rate); else cwnd / smoothed RTT.
             self._scheduler.observe_rate(
-                self._loss.congestion_window / self._loss._rtt_smoothed
+                getattr(self._loss._cc, "bandwidth_estimate", 0.0)
+                or self._loss.congestion_window / self._loss._rtt_smoothed
             )
 
         while True:
-            # apply pacing, except if we have ACKs to send
+            # Apply pacing. An ACK that is due goes out anyway, but alone: aioquic fills such a
+            # packet with data too, which on a connection carrying data both ways (requests up,
+            # responses down) lets every ACK bypass the pacer, so the window alone limits the
+            # sender and it queues up to a window's worth at the bottleneck.
+            ack_only = False
             if space.ack_at is None or space.ack_at >= now:
                 self._pacing_at = self._loss._pacer.next_send_time(now=now)
                 if self._pacing_at is not None:
                     break
+            else:
+                self._pacing_at = self._loss._pacer.next_send_time(now=now)
+                ack_only = self._pacing_at is not None
             builder.start_packet(packet_type, crypto)
 
             # ACK, which a server sends for 0-RTT packets before the handshake completes (RFC
@@ -431,6 +449,8 @@ class ScheduledQuicConnection(QuicConnection):
                 and space.ack_at <= now
             ):
                 self._write_ack_frame(builder=builder, space=space, now=now)
+            if ack_only:
+                break
 
             if self._handshake_complete:
                 self._write_connection_frames(builder, network_path, space, now)
@@ -478,6 +498,8 @@ class ScheduledQuicConnection(QuicConnection):
                 # Discarded streams may let the peer open new ones, which the next packet
                 # announces with MAX_STREAMS.
                 if not discarded:
+                    if self._on_app_limited is not None and not self._scheduler.ready_count:
+                        self._on_app_limited()  # out of data, not held by cwnd or pacing
                     break
             else:
                 self._loss._pacer.update_after_send(now=now)
