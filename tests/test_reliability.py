@@ -415,30 +415,74 @@ async def test_shutdown_ends_requests_still_running_after_the_grace_period():
 
 
 
-async def test_upstream_connections_survive_cancellation_while_closing():
-    # httpcore leaks a pooled connection (ACTIVE forever) when a cancellation lands inside its
-    # response close; once max_connections leaked, every request waited forever. Closing is
-    # shielded, and relaying never closes inside the caller's task.
+async def test_upstream_pool_never_leaks_connections_on_cancellation():
+    # httpx/httpcore leaked a pooled connection for good when a cancellation landed while it
+    # closed a response (clients reset streams all the time); with max_connections leaked,
+    # every request waited forever. Our pool: cancelled or not, the slot comes back.
     from quicgw.gateway.upstream import Upstream
 
-    async with FakeBackend() as fake:
+    async with FakeBackend(token_delay_s=0.02) as fake:
         up = Upstream("fake", fake.url, max_connections=2, timeout_s=5)
+        body = json.dumps({"model": "x", "messages": MESSAGES, "max_tokens": 5,
+                           "stream": True}).encode()
+
+        async def one(cancel_after: int | None) -> bytes:
+            response = await up.open_stream("/v1/chat/completions", body)
+            try:
+                got = b""
+                async for chunk in up.relay(response):
+                    got += chunk
+                    if cancel_after is not None and got.count(b"data:") >= cancel_after:
+                        raise asyncio.CancelledError
+                return got
+            finally:
+                await up.close(response)
+
         try:
-            body = json.dumps({"model": "x", "messages": MESSAGES, "max_tokens": 3,
-                               "stream": True}).encode()
-            for _ in range(6):  # three times the pool
-                response = await up.open_stream("/v1/chat/completions", body)
-                data = b"".join([c async for c in up.relay(response)])
-                assert data.rstrip().endswith(b"data: [DONE]")
-                closing = asyncio.create_task(up.close(response))
-                await asyncio.sleep(0)
-                closing.cancel()  # the request's task is cancelled as it closes
-                with pytest.raises(asyncio.CancelledError):
-                    await closing
-            await until(lambda: all("IDLE" in repr(c) for c in
-                                    up.client._transport._pool.connections), what="idle pool")
+            for i in range(8):  # four times the pool
+                if i % 2:
+                    with pytest.raises(asyncio.CancelledError):
+                        await one(cancel_after=2)  # mid-body: the connection is closed
+                else:
+                    assert (await one(None)).rstrip().endswith(b"data: [DONE]")
+            await until(lambda: fake.cancelled == 4, what="the backend to see the cancels")
+            assert up.slots._value == 2  # every slot back
             r = await asyncio.wait_for(up.post("/v1/chat/completions", json.dumps(
                 {"model": "x", "messages": MESSAGES, "max_tokens": 1}).encode()), 5)
-            assert r.status == 200
+            assert r.status == 200 and b"t0" in r.body
+            assert await up.check(1.0)
         finally:
             await up.aclose()
+
+
+async def test_upstream_stops_reading_a_fast_backend_for_a_slow_client_then_resumes():
+    from quicgw.gateway.upstream import Upstream
+
+    piece = b"data: " + b"x" * 4000 + b"\n\n"
+
+    async def fast_backend(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                     b"transfer-encoding: chunked\r\n\r\n")
+        for _ in range(300):  # 1.2 MB, as fast as TCP takes it
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    server = await asyncio.start_server(fast_backend, "127.0.0.1", 0)
+    up = Upstream("fast", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+                  max_connections=1, timeout_s=5)
+    try:
+        response = await up.open_stream("/v1/chat/completions", b"{}")
+        chunks = up.relay(response)
+        got = len(await chunks.__anext__())
+        await until(lambda: response.conn.paused, what="reading to pause")
+        assert response.conn.buffered < 1 << 20  # held back by TCP, not by our memory
+        async for chunk in chunks:
+            got += len(chunk)
+        assert got == 300 * len(piece) and response.complete
+        await up.close(response)
+    finally:
+        await up.aclose()
+        server.close()
