@@ -53,11 +53,13 @@ def parse_cluster(text: str) -> list[InstanceSpec]:
     return specs
 
 
-# The training/evaluation cluster (the poster's small/medium/large hybrid) and a cluster never
-# used in training (different size and model mix) for the "one policy for any cluster" check.
+# The evaluation cluster (the poster's small/medium/large hybrid) and, for the "one policy for
+# any cluster" check, a cluster never used in training: another size and model mix, and A10G
+# GPUs, which random training clusters never draw (they use TRAINING_GPUS only).
 CLUSTERS: dict[str, str] = {
     "poster": "large@h100-80gb, medium@a100-80gb*2, small@a100-80gb",
-    "unseen": "large@h100-80gb*2, large@a100-80gb, medium@h100-80gb, medium@a100-80gb*2, small@h100-80gb",
+    "unseen": ("large@h100-80gb*2, large@a100-80gb*2, medium@h100-80gb*2, medium@a100-80gb, "
+               "small@a10g-24gb*2, small@h100-80gb"),
 }
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from quicgw.core.features import MAX_INSTANCES, observation, predicted_latency_s
 from quicgw.core.routing import (
     ClusterView,
@@ -22,7 +20,11 @@ from quicgw.core.routing import (
     RouteRequest,
     StaticRouter,
 )
-from rlrouter.policy import NEG, NumpyQPolicy
+from rlrouter.policy import NumpyQPolicy
+
+# slackfit-tuned's reserve: the fraction of the slack slack-fit keeps in hand, grid-searched on
+# the validation seeds (poster cluster, both workloads): `training/evaluate.py --tune-slackfit`.
+TUNED_MARGIN = 0.6
 
 
 def _quality(info, task: str) -> float:
@@ -42,8 +44,10 @@ class SlackFitRouter:
 
     name = "slackfit"
 
-    def __init__(self, margin: float = 0.0) -> None:
+    def __init__(self, margin: float | str = 0.0) -> None:
         self.margin = float(margin)  # keep this fraction of the slack in reserve
+        if not 0.0 <= self.margin < 1.0:
+            raise ValueError(f"slackfit margin must be in [0, 1), got {self.margin}")
 
     def predict(self, request: RouteRequest, cluster: ClusterView, i: int) -> float:
         load = cluster.loads[i]
@@ -88,10 +92,8 @@ class DQNRouter:
         n = len(cluster.instances)
         if n > MAX_INSTANCES:
             raise ValueError(f"the dqn router serves at most {MAX_INSTANCES} instances")
-        obs = observation(request, cluster)
-        q = self.policy.q_values(obs, n)
-        best = int(np.argmax(q))
-        if q[best] <= NEG:
+        best = self.policy.best(observation(request, cluster), n)
+        if best < 0:
             raise NoInstanceAvailable("no healthy instance")
         return best
 
@@ -106,4 +108,5 @@ def baseline_routers(seed: int = 0) -> dict[str, Router]:
         "round-robin": RoundRobinRouter(),
         "jsq": JoinShortestQueueRouter(),
         "slackfit": SlackFitRouter(),
+        "slackfit-tuned": SlackFitRouter(TUNED_MARGIN),
     }

@@ -156,9 +156,8 @@ class Simulator:
         w = self._weights[c]
         reward = 0.0
         if self.reward_mode == "shaped":
-            est = engine.estimate_latency_s(self._inp[k], self._out[k], self._prio[c])
             due = deadline_abs - self._response_delay_guess(k)
-            finish = now + est
+            finish = now + self._predicted_latency(engine, k)
             credit = w * q if finish <= due else 0.0
             self._credit[k] = credit
             self._finish[k] = finish
@@ -209,8 +208,13 @@ class Simulator:
             return 0.0
         m = engine.model
         stall = m.prefill_s_per_token * input_tokens
-        room = len(engine.running) + engine._n_waiting < m.max_batch
+        occupied = len(engine.running) + engine._n_waiting
+        room = occupied < m.max_batch
         tau1 = m.decode_per_seq_s if room else 0.0
+        # Running requests: a fresh prediction from their remaining tokens at the batch size
+        # the newcomer makes (the batch has changed since they were routed), plus its prefill.
+        step = m.decode_step_s(min(m.max_batch, occupied + 1))
+        now = self.now
         # A full instance: the newcomer takes the next free slot ahead of lower classes.
         turn = 0.0 if room else output_tokens * m.decode_step_s(m.max_batch) / m.max_batch
         finish, due, credit = self._finish, self._due, self._credit
@@ -220,11 +224,12 @@ class Simulator:
             rid = r.rid
             if not credit[rid] or r.finished is not None:
                 continue
-            left = r.output_tokens - r.generated
-            f = finish[rid]
-            f2 = f + stall + tau1 * (left if left < output_tokens else output_tokens)
-            if r.admitted is None and r.priority > priority:
-                f2 += turn
+            if r.admitted is not None:
+                f2 = now + stall + (r.output_tokens - r.generated) * step
+            else:
+                f2 = finish[rid] + stall + tau1 * min(r.output_tokens, output_tokens)
+                if r.priority > priority:
+                    f2 += turn
             if f2 > due[rid]:
                 lost += credit[rid]
                 if not dry:
@@ -237,6 +242,20 @@ class Simulator:
             self._holding[i] = keep
         return lost
 
+    def _predicted_latency(self, engine: BatchEngine, k: int) -> float:
+        """The engine's own prediction for request ``k``, plus the batch stalls of the requests
+        queued ahead of it: each is prefilled in some iteration this request waits through or
+        runs in (the engine's predictor counts their decode tokens, not their prefills)."""
+        prio = self._prio[self._cls[k]]
+        est = engine.estimate_latency_s(self._inp[k], self._out[k], prio)
+        if engine._n_waiting:
+            ahead = 0
+            for _, r in engine._waiting:
+                if r.priority <= prio and not r.cancelled:
+                    ahead += r.input_tokens
+            est += engine.model.prefill_s_per_token * ahead
+        return est
+
     def preview(self, index: int) -> float:
         """The shaped reward routing the pending request to ``index`` would be credited with
         at once (credit minus harm), without routing it. Uses per-request engine state that a
@@ -245,7 +264,7 @@ class Simulator:
         k = self._order[self._pos]
         c = self._cls[k]
         engine = self.engines[index]
-        est = engine.estimate_latency_s(self._inp[k], self._out[k], self._prio[c])
+        est = self._predicted_latency(engine, k)
         due = self._sent[k] + self._deadline[c] - self._response_delay_guess(k)
         q = self._quality[index][self._task[k]]
         credit = self._weights[c] * q if self.now + est <= due else 0.0

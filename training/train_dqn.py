@@ -52,6 +52,10 @@ def load_hyperparams(path: Path) -> dict:
     if ENV_ID not in data:
         raise SystemExit(f"{path}: no entry for {ENV_ID}")
     hp = dict(data[ENV_ID])
+    lr = hp.get("learning_rate")
+    if isinstance(lr, str) and lr.startswith("lin_"):  # rl-zoo convention: linear decay to 0
+        start = float(lr[4:])
+        hp["learning_rate"] = lambda progress_remaining: progress_remaining * start
     if isinstance(hp.get("policy_kwargs"), str):
         import torch.nn as nn  # noqa: F401  (for expressions like activation_fn=nn.ReLU)
         hp["policy_kwargs"] = eval(hp["policy_kwargs"])  # rl-zoo convention
@@ -124,7 +128,8 @@ def train_seed(algo: str, hp: dict, seed: int, out_root: Path, n_timesteps: int,
     env = Monitor(gym.make(ENV_ID, **env_kwargs))
     model = make_model(algo, hp, env, seed, out_dir / "tb")
     meta = {"algo": algo, "seed": seed, "hyperparams": {k: v for k, v in hp.items()
-                                                          if k != "policy_kwargs"},
+                                                          if k not in ("policy_kwargs",
+                                                                       "learning_rate")},
             "net_arch": hp.get("policy_kwargs", {}).get("net_arch")}
     cb = ValidationCallback(int(hp.get("eval_freq", 20000)), out_dir, meta)
     cb.verbose = 1
