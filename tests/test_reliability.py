@@ -244,6 +244,28 @@ async def test_health_checks_mark_down_and_up_and_routing_avoids_down_instances(
         await b1.close()
 
 
+async def test_when_every_instance_is_down_a_request_tries_one_rather_than_failing():
+    port = free_port()
+    b = EmulatedBackend("llama-3.2-1b", port=port, time_scale=50)
+    await b.start()
+    # health_rise so high that probes cannot bring it back within the test: only an answer can.
+    cfg = config([{"name": "b", "model": "llama-3.2-1b", "url": b.url}],
+                 health_interval_s=0.3, health_fall=1, health_rise=1000)
+    try:
+        async with Gateway(cfg) as gw, AsyncClient(gw.url, verify=gw.cafile) as c:
+            inst = gw.app.instances[0]
+            await b.close()
+            await until(lambda: not inst.load.healthy, what="marked down")
+            r = await c.request("POST", "/v1/chat/completions", {"messages": MESSAGES})
+            assert r.status in (502, 503)  # down for less than a health interval: not retried
+            await b.start()
+            await asyncio.sleep(0.4)  # down for more than a health interval
+            r = await c.chat(MESSAGES, max_tokens=2)
+            assert r.status == 200 and inst.load.healthy  # the answer brought it back
+    finally:
+        await b.close()
+
+
 async def test_backend_process_killed_mid_stream_is_an_explicit_error_within_a_second():
     with BackendProcess("llama-3.1-8b", time_scale=2.0) as proc:
         cfg = config([{"name": "b0", "model": "llama-3.1-8b", "url": proc.url}])

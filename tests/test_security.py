@@ -73,12 +73,15 @@ def test_health_state_machine_fall_rise_and_passive_down():
     assert h.probe(False, 1.0) is None and h.healthy  # one failure is not enough
     assert h.probe(True, 2.0) is None
     assert h.probe(False, 3.0) is None
+    assert h.request_answered(3.2) is None  # it answered meanwhile: slow probes, not dead
+    assert h.probe(False, 3.5) is None
     assert h.probe(False, 4.0) == DOWN and not h.healthy and h.since == 4.0
     assert h.probe(True, 5.0) is None
     assert h.probe(True, 6.0) == UP and h.healthy
     assert h.request_failed(7.0, "connection refused") == DOWN
     assert h.reason == "connection refused"
     assert h.request_failed(7.5, "again") is None
+    assert h.request_answered(8.0) == UP and h.healthy  # an answer is proof enough
 
 
 def _classify(config: dict, headers: dict[str, str], now: float = 100.0):

@@ -4,12 +4,13 @@
 
 Set-up: ``--backends`` emulated OpenAI backends (llama-3.2-1b, each its own process, time
 compressed ``--time-scale`` times), the gateway in its own process (health probes every 0.25 s,
-one failed probe marks an instance down, one passed probe brings it back), and this process as
+two failed probes or one refused connection mark an instance down, one passed probe brings it
+back), and this process as
 the client: ``--concurrency`` workers on ``--connections`` SDK connections send ``--requests``
-requests in total, a seeded mix of streamed and plain chat completions of 4-40 tokens in the
+requests in total, a seeded mix of streamed and plain chat completions of 16-128 tokens in the
 three default classes.
 
-Chaos (seeded by ``--seed``): every 0.5-2 s one backend is killed with SIGKILL (in the middle of
+Chaos (seeded by ``--seed``): every 0.2-0.8 s one backend is killed with SIGKILL (in the middle of
 whatever it is generating), and each killed backend is restarted on its port 0.5-2 s later (plus
 its start-up time, about a second).
 At least one backend is kept alive (``--allow-all-down`` lifts that: then requests get 503).
@@ -39,8 +40,6 @@ from collections.abc import Callable
 
 from quicgw.bench.load import GatewayProcess, event_loop_factory, percentile
 
-_DEBUG = True
-_CALM = "CALM" in __import__("os").environ
 MODEL = "llama-3.2-1b"
 CLASSES = ("realtime", "free", "bulk")
 
@@ -85,7 +84,7 @@ async def _one(client, rng: random.Random, hang_timeout: float) -> tuple[str, st
     from quicgw.client.connection import ConnectionLost
 
     cls = rng.choice(CLASSES)
-    n = rng.randint(4, 40)
+    n = rng.randint(16, 128)
     messages = [{"role": "user", "content": f"chaos request of class {cls}"}]
     try:
         if rng.random() < 0.5:
@@ -104,7 +103,8 @@ async def _one(client, rng: random.Random, hang_timeout: float) -> tuple[str, st
                 message = r.json()["error"]["message"]
             except (ValueError, KeyError, TypeError):
                 return "lost", f"{r.status} without an explanation"
-            return ("errors", str(r.status)) if message else ("lost", f"{r.status}, empty")
+            return (("errors", f"{r.status} ({message[:60]})") if message
+                    else ("lost", f"{r.status}, empty"))
         try:
             body = r.json()
             ok = body["choices"][0]["message"]["content"] and body["usage"]["completion_tokens"]
@@ -114,7 +114,7 @@ async def _one(client, rng: random.Random, hang_timeout: float) -> tuple[str, st
     except RequestTimeout:
         return "hung", ""
     except APIError as e:
-        return "errors", f"{e.status} in stream" + (f" ({e.message[:90]})" if _DEBUG else "")
+        return "errors", f"{e.status} in stream ({e.message[:60]})"
     except StreamResetError as e:
         return "errors", f"reset 0x{e.error_code:x}"
     except (StreamError, ConnectionLost) as e:
@@ -125,7 +125,8 @@ async def _one(client, rng: random.Random, hang_timeout: float) -> tuple[str, st
 
 async def run_chaos(requests: int, seed: int, concurrency: int, connections: int,
                     n_backends: int, time_scale: float, max_batch: int, hang_timeout: float,
-                    allow_all_down: bool, nice: int, say: Callable[[str], None]) -> Counter:
+                    allow_all_down: bool, nice: int, say: Callable[[str], None],
+                    kill: bool = True) -> Counter:
     from quicgw.client import AsyncClient
 
     rng = random.Random(seed)
@@ -133,7 +134,7 @@ async def run_chaos(requests: int, seed: int, concurrency: int, connections: int
     await asyncio.gather(*(asyncio.to_thread(b.start) for b in backends))
     gw = GatewayProcess({
         "gateway": {"host": "127.0.0.1", "port": 0, "health_interval_s": 0.25,
-                    "health_fall": 1, "health_rise": 1, "health_timeout_s": 0.5},
+                    "health_fall": 2, "health_rise": 1, "health_timeout_s": 1.0},
         "backends": [{"name": b.name, "model": MODEL, "url": b.url, "max_batch": max_batch}
                      for b in backends],
     }, nice=nice)
@@ -159,9 +160,9 @@ async def run_chaos(requests: int, seed: int, concurrency: int, connections: int
     async def chaos() -> None:
         nonlocal kills
         while not done.is_set():
-            await asyncio.sleep(rng.uniform(0.5, 2.0))
+            await asyncio.sleep(rng.uniform(0.2, 0.8))
             alive = [b for b in backends if b.alive]
-            if not alive or (len(alive) < 2 and not allow_all_down) or _CALM:
+            if not alive or (len(alive) < 2 and not allow_all_down) or not kill:
                 continue
             victim = rng.choice(alive)
             victim.kill()
@@ -227,13 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=48, help="requests in flight")
     parser.add_argument("--connections", type=int, default=4, help="QUIC connections")
     parser.add_argument("--backends", type=int, default=3, help="emulated backends")
-    parser.add_argument("--time-scale", type=float, default=10.0,
+    parser.add_argument("--time-scale", type=float, default=2.0,
                         help="emulated backends run this many times faster than real time")
     parser.add_argument("--max-batch", type=int, default=16, help="slots per backend")
     parser.add_argument("--hang-timeout", type=float, default=30.0,
                         help="seconds without an outcome after which a request counts as hung")
     parser.add_argument("--allow-all-down", action="store_true",
                         help="let the chaos kill the last live backend too")
+    parser.add_argument("--no-kills", action="store_true",
+                        help="baseline: the same requests, no backend killed")
     parser.add_argument("--nice", type=int, default=0,
                         help="niceness of the gateway and backend processes")
     a = parser.parse_args(argv)
@@ -251,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         res = runner.run(run_chaos(a.requests, a.seed, a.concurrency, a.connections, a.backends,
                                    a.time_scale, a.max_batch, a.hang_timeout, a.allow_all_down,
-                                   a.nice, say))
+                                   a.nice, say, kill=not a.no_kills))
     say(f"{res['kills']} kills, {res['restarts']} restarts")
     print(f"chaos: sent={res['sent']} ok={res['ok']} errors={res['errors']} lost={res['lost']} "
           f"hung={res['hung']}", flush=True)

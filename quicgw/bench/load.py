@@ -140,7 +140,8 @@ async def _serve_gateway(config_json: str) -> int:
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="gateway %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("quicgw.gateway").setLevel(logging.ERROR)  # backends going down: expected
+    logging.getLogger("quicgw.gateway").setLevel(
+        logging.WARNING if os.environ.get("QUICGW_BENCH_VERBOSE") else logging.ERROR)
     config = parse_config(json.loads(config_json))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

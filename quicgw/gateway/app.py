@@ -278,6 +278,11 @@ class GatewayApp:
         if change is not None:
             self._health_changed(inst, change)
 
+    def _answered(self, inst: Instance) -> None:
+        change = inst.health.request_answered(self.clock())
+        if change is not None:
+            self._health_changed(inst, change)
+
     def _health_changed(self, inst: Instance, change: str) -> None:
         inst.load.healthy = inst.health.healthy
         if change == DOWN:
@@ -401,15 +406,31 @@ class GatewayApp:
         saved = [(i, self.instances[i].load.healthy) for i in exclude]
         for i, _ in saved:  # instances that just failed this request: hide them for this pick
             self.instances[i].load.healthy = False
+        router = self._router_for(req.model)
         try:
-            index = self._router_for(req.model).route(rr, cluster)
+            index = router.route(rr, cluster)
         except NoInstanceAvailable as e:
-            raise HTTPError(503, f"no backend can serve this request: {e}",
-                            "no_instance_available") from None
+            index = self._panic_pick(req.model, exclude)
+            if index is None:
+                raise HTTPError(503, f"no backend can serve this request: {e}",
+                                "no_instance_available") from None
         finally:
             for i, healthy in saved:
                 self.instances[i].load.healthy = healthy
         return self.instances[index]
+
+    def _panic_pick(self, model: str, exclude: set[int]) -> int | None:
+        """Every instance that could serve the request is marked down: rather than refuse it,
+        try one that went down more than a health interval ago (health may be a probe behind a
+        restarted engine; one that failed just now is not retried). A refused connection fails
+        fast and the request tries the next; None when there is none left to try."""
+        name = None if model == AUTO_MODEL else resolve_model(model).name
+        stale = self.clock() - self.config.gateway.health_interval_s
+        candidates = [i for i in self.instances if i.index not in exclude
+                      and (name is None or i.info.model == name) and i.health.since <= stale]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda i: (i.load.in_flight + i.load.queued, i.index)).index
 
     async def _admit(self, inst: Instance, qos: RequestQoS) -> Ticket:
         ticket = inst.queue.submit(qos.order_key())
@@ -492,6 +513,7 @@ class GatewayApp:
                 if req.stream:
                     return await self._stream(ex, inst, path, payload, headers, out)
                 r = await inst.upstream.post(path, payload)
+                self._answered(inst)
                 if r.status >= 500:
                     raise UpstreamError(502, f"backend {inst.backend.name} answered "
                                              f"{r.status}: {r.body[:200]!r}")
@@ -516,6 +538,7 @@ class GatewayApp:
                       headers: Headers, out: Responder) -> int:
         upstream = inst.upstream
         response = await upstream.open_stream(path, payload)
+        self._answered(inst)
         try:
             if response.status_code != 200:
                 data = await upstream.read_all(response)

@@ -7,7 +7,10 @@ shell (:mod:`quicgw.gateway.app`) probes on a timer and acts on the transitions 
   bring it back up.
 * a request that could not reach the instance at all (connection refused or timed out) marks it
   down at once (:meth:`HealthState.request_failed`): waiting for probes would send more requests
-  to a dead port.
+  to a dead port;
+* a request the instance answered counts against failed probes, and brings a down instance
+  back at once (:meth:`HealthState.request_answered`): a busy engine whose probe was slow is
+  not down, and one that answers is up (the gateway tries down instances when none is up).
 
 Times are passed in (``now``); the state keeps when it last changed, for ``/healthz``.
 """
@@ -53,6 +56,13 @@ class HealthState:
         self._fails = max(self._fails, self.fall)
         if self.healthy:
             return self._set(False, now, reason)
+        return None
+
+    def request_answered(self, now: float) -> str | None:
+        """The instance answered a request: whatever the probes said, it is alive."""
+        self._fails = 0
+        if not self.healthy:
+            return self._set(True, now, "")
         return None
 
     def _set(self, healthy: bool, now: float, reason: str) -> str:

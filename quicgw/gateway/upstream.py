@@ -71,7 +71,7 @@ class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection to the backend, one request at a time."""
 
     __slots__ = ("h11", "transport", "events", "waiter", "error", "paused", "buffered",
-                 "reused")
+                 "reused", "eof")
 
     def __init__(self) -> None:
         self.h11 = h11.Connection(h11.CLIENT)
@@ -82,6 +82,7 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.buffered = 0  # body bytes parsed and not yet taken
         self.reused = False
+        self.eof = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -96,6 +97,7 @@ class _Connection(asyncio.Protocol):
         self._parse()
 
     def eof_received(self) -> bool:
+        self.eof = True
         try:
             self.h11.receive_data(b"")
         except RuntimeError:
@@ -115,7 +117,8 @@ class _Connection(asyncio.Protocol):
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as e:
-                self._fail(e)
+                self._fail(ConnectionResetError("the backend closed the connection before the "
+                                                "response ended") if self.eof else e)
                 return
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 break
