@@ -7,10 +7,12 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 
 from netem.bound import FluidLink, class_bound
 from netem.cleanup import list_namespaces
 from netem.ipcmd import Runner
+from netem.names import owner_pid
 from netem.profiles import get_profile
 from netem.testing import require_namespaces
 from netem.workload import POSTER_CLASSES, fluid_requests, make_workload
@@ -41,20 +43,35 @@ def test_bound_on_3g_burst():
     assert b == {c: sum(1 for x in w if x.cls == c) for c in ("realtime", "free", "bulk")}
 
 
-def _our_pids() -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines()[1:]
-            if "netem.userspace" in line or "netem.gateways" in line or "netem.driver" in line]
+def _pids_with_marker(marker: str) -> list[int]:
+    """Processes that inherited this run's environment marker (other runs on the machine,
+    such as a developer's experiment, carry none)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if marker.encode() in f.read():
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
 
 
 def test_quick_experiment_end_to_end(tmp_path):
     require_namespaces()
-    before_ns = set(list_namespaces(Runner()))
-    before_pids = set(_our_pids())
-    cp = subprocess.run(
+    marker = f"QGW_TEST_RUN={uuid.uuid4().hex}"
+    env = {**os.environ, "QGW_TEST_RUN": marker.split("=", 1)[1]}
+    proc = subprocess.Popen(
         [sys.executable, "-m", "netem.experiment", "--profile", "3g", "--quick",
          "--schedulers", "edf,rr,tcp", "--out", str(tmp_path)],
-        capture_output=True, text=True, cwd=ROOT, timeout=240)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    try:
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    cp = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     print(cp.stdout[-4000:])
     assert cp.returncode == 0, cp.stderr[-4000:]
     last = cp.stdout.strip().splitlines()[-1]
@@ -79,6 +96,7 @@ def test_quick_experiment_end_to_end(tmp_path):
     # than HTTP/2 over TLS/TCP on the same link.
     assert float(edf) > float(rr) and float(edf) > float(tcp)
     assert best in ("edf", "rr", "tcp") and float(best_x) == max(map(float, (edf, rr, tcp)))
-    # Nothing left behind.
-    assert set(list_namespaces(Runner())) <= before_ns
-    assert set(_our_pids()) <= before_pids
+    # Nothing left behind: no namespace named after the experiment's pid, no process that
+    # inherited its environment.
+    assert [ns for ns in list_namespaces(Runner()) if owner_pid(ns) == proc.pid] == []
+    assert _pids_with_marker(marker) == []
