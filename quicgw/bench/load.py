@@ -205,6 +205,21 @@ def serve_gateway_main(config_json: str) -> int:
 
 # -- the soak test ----------------------------------------------------------------------------
 
+async def _quic_counters(client) -> dict[str, float]:
+    """The gateway's QUIC packet counters from its /metrics (empty if it has none)."""
+    wanted = ("quicgw_quic_packets_sent_total", "quicgw_quic_packets_lost_total")
+    try:
+        r = await client.request("GET", "/metrics", timeout=10)
+    except Exception:
+        return {}
+    out = {}
+    for line in r.text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in wanted:
+            out[name.removeprefix("quicgw_quic_").removesuffix("_total")] = float(value)
+    return out
+
+
 MESSAGES = [{"role": "user", "content": "Tell me something about QUIC stream scheduling."}]
 
 
@@ -304,6 +319,7 @@ async def run_load(streams: int, connections: int, seconds: float, warmup: float
                     f"gateway RSS {rss / 1024:.1f} MiB")
         await asyncio.gather(*tasks)
         elapsed = min(time.monotonic(), stop_at) - measure_from
+        quic = await _quic_counters(clients[0])
         rss_end = rss_kb(gw.pid)
         rss_warm = rss_warm or rss_end
         return {
@@ -314,7 +330,7 @@ async def run_load(streams: int, connections: int, seconds: float, warmup: float
             "rss_max_kb": max(r for _, r in samples) if samples else rss_end,
             "rss_growth_pct": (rss_end - rss_warm) / rss_warm * 100,
             "errors": c.errors, "error_kinds": c.error_kinds, "completed": c.done,
-            "rss_samples": samples,
+            "rss_samples": samples, "gateway_quic": quic,
         }
     finally:
         await asyncio.gather(*(cl.aclose() for cl in clients), return_exceptions=True)
@@ -371,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{res['rss_start_kb'] / 1024:.1f} MiB at start, {res['rss_after_warmup_kb'] / 1024:.1f} "
         f"MiB after warm-up, {res['rss_end_kb'] / 1024:.1f} MiB at the end (max "
         f"{res['rss_max_kb'] / 1024:.1f}); errors by kind: {res['error_kinds'] or 'none'}")
+    quic = res["gateway_quic"]
+    if quic:
+        say(f"gateway QUIC packets: {quic.get('packets_sent', 0):.0f} sent, "
+            f"{quic.get('packets_lost', 0):.0f} declared lost")
     print(f"load: streams={res['streams']} req_per_s={res['req_per_s']:.1f} "
           f"p99_ms={res['p99_ms']:.1f} rss_growth_pct={res['rss_growth_pct']:.1f} "
           f"errors={res['errors']}", flush=True)

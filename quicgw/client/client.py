@@ -35,6 +35,7 @@ USER_AGENT = b"quicgw-client/0.1"
 # Flow-control windows: large enough that a 100 KB answer never waits for a window update.
 MAX_DATA = 16 << 20
 MAX_STREAM_DATA = 1 << 20
+UDP_BUFFER_BYTES = 2 << 20  # capped by net.core.rmem_max (no privileges needed)
 
 PriorityLike = Priority | str | None
 
@@ -330,8 +331,15 @@ class AsyncClient:
         quic = ScheduledQuicConnection(configuration=self._quic_configuration(),
                                        scheduler=self.scheduler)
         local = ("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)
-        _, conn = await loop.create_datagram_endpoint(
+        transport, conn = await loop.create_datagram_endpoint(
             lambda: H3ClientConnection(quic), local_addr=local, family=family)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # a busy client must not drop the gateway's bursts either
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, option, UDP_BUFFER_BYTES)
+                except OSError:
+                    pass
         conn.connect(addr)
         try:
             await asyncio.wait_for(asyncio.shield(conn.connected), self.connect_timeout)

@@ -30,6 +30,30 @@ log = logging.getLogger("quicgw.gateway")
 _BIND_ATTEMPTS = 64
 
 
+UDP_BUFFER_BYTES = 8 << 20
+
+
+def set_udp_buffers(sock: socket.socket, size: int = UDP_BUFFER_BYTES) -> int:
+    """Ask for large UDP socket buffers; returns the receive buffer the kernel granted.
+
+    Every QUIC connection of the gateway arrives on one UDP socket: with the kernel's default
+    receive buffer (~208 KB) a burst that lands while the event loop is busy overflows it, the
+    datagrams are dropped, and the clients wait for loss recovery (seconds of tail latency, seen
+    at 1,000 streams). As root, SO_RCVBUFFORCE goes past ``net.core.rmem_max``.
+    """
+    for force, normal in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
+                          (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
+        for option in (force, normal):
+            if option is None:
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, size)
+                break
+            except OSError:
+                continue
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
 def bind_udp_tcp(host: str, port: int) -> tuple[socket.socket, socket.socket]:
     """A UDP and a listening-ready TCP socket bound to the same port number.
 
@@ -53,6 +77,7 @@ def bind_udp_tcp(host: str, port: int) -> tuple[socket.socket, socket.socket]:
             tcp.listen(1024)
             tcp.setblocking(False)
             udp.setblocking(False)
+            set_udp_buffers(udp)
             return udp, tcp
         except OSError as e:
             tcp.close()
