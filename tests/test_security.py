@@ -207,3 +207,18 @@ async def test_api_keys_never_appear_in_logs_metrics_or_errors(caplog):
         parse_config({"tenants": [{"name": "x", "api_key": KEY_A, "classes": ["nope"]}]})
     except ConfigError as e:
         assert KEY_A not in str(e)
+
+
+def test_anonymous_users_share_the_anonymous_limits():
+    from quicgw.gateway.app import GatewayApp
+
+    app = GatewayApp(parse_config({
+        "gateway": {"anonymous_class": "bulk", "anonymous_requests_per_minute": 2},
+        "tenants": tenants(),
+    }), clock=lambda: 5.0)
+    statuses = [app.open("POST", "/v1/chat/completions", {}).error for _ in range(3)]
+    assert statuses[0] is None and statuses[1] is None
+    assert statuses[2].status == 429 and (b"retry-after", b"30") in statuses[2].headers
+    keyed = app.open("POST", "/v1/chat/completions",
+                     {b"authorization": f"Bearer {KEY_A}".encode()})
+    assert keyed.error is None  # tenants have their own buckets
