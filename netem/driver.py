@@ -52,9 +52,11 @@ async def _issue(items: list[WorkItem], bodies: dict[int, bytes], send, cutoff_f
 
 async def run_quic(spec: dict[str, Any], items: list[WorkItem]) -> dict[str, Any]:
     from quicgw.client import AsyncClient, RequestTimeout
+    from quicgw.congestion import DEFAULT
 
     client = AsyncClient(host=spec["host"], port=spec["port"], scheduler=spec["scheduler"],
-                         verify=False, timeout=None, server_name="localhost")
+                         verify=False, timeout=None, server_name="localhost",
+                         congestion_control=spec.get("congestion_control", DEFAULT))
     t = time.monotonic()
     await client.connect()
     connect_s = time.monotonic() - t
@@ -68,11 +70,17 @@ async def run_quic(spec: dict[str, Any], items: list[WorkItem]) -> dict[str, Any
             raise TimeoutError from None
         return r.status, r.content, r.timing.completed or time.monotonic()
 
+    cc = None
     try:
         results = await _issue(items, bodies, send, spec["cutoff_factor"])
+        conn = client._conn
+        if conn is not None:  # the client's side of the connection: what its controller saw
+            cc = conn.quic._loss._cc
     finally:
         await client.aclose()
-    return {"connect_s": connect_s, "protocol": "h3", "requests": results}
+    cc_stats = cc.stats() if cc is not None and hasattr(cc, "stats") else None
+    return {"connect_s": connect_s, "protocol": "h3", "requests": results,
+            "congestion_control": client.congestion_control, "client_cc": cc_stats}
 
 
 async def run_tcp(spec: dict[str, Any], items: list[WorkItem]) -> dict[str, Any]:

@@ -8,7 +8,10 @@ input 102.4 KB / 7 s) to the gateway's ``POST /v1/echo`` (in the gateway namespa
 emulated link, once per QUIC stream scheduler (the same scheduler orders the client's uploads
 and the gateway's responses) and once over TLS/TCP (HTTP/2 on one TCP connection to the
 gateway's TCP listener: the same application). Each run starts on an established connection
-and a fresh link (same seed: the same loss draws for every scheduler).
+and a fresh link (same seed: the same loss draws for every scheduler). Every QUIC run uses the
+same congestion controller at both ends (``--congestion-control``, default
+:data:`quicgw.congestion.DEFAULT`); TCP uses the kernel's, which is read in both namespaces and
+reported.
 
 Reported per scheduler and class: completion within deadline and mean latency, mean ± standard
 deviation over seeds, and the fraction of the bound (``netem.bound``: the most requests of the
@@ -33,6 +36,7 @@ from netem.ipcmd import NetemError
 from netem.profiles import LossSpec, get_profile
 from netem.topology import Topology
 from netem.workload import make_workload
+from quicgw import congestion
 
 ALL_SCHEDULERS = ("rr", "fcfs", "edf", "abs", "ml", "rfc9218", "adaptive")
 QUICK_SCHEDULERS = ("edf", "rr", "abs")
@@ -54,6 +58,19 @@ def _read_json_line(proc: subprocess.Popen, timeout: float, what: str) -> dict[s
 
 def _log(msg: str) -> None:
     print(msg, flush=True)
+
+
+def _kernel_tcp_cc(topo: Topology, role: str) -> str:
+    """The TCP congestion control the kernel uses in ``role``'s namespace."""
+    for argv in (["sysctl", "-n", "net.ipv4.tcp_congestion_control"],
+                 ["cat", "/proc/sys/net/ipv4/tcp_congestion_control"]):
+        try:
+            cp = topo.run_in(role, argv, timeout=10, check=False)
+        except (NetemError, OSError):
+            continue
+        if cp.returncode == 0 and cp.stdout.strip():
+            return cp.stdout.strip()
+    return "unknown"
 
 
 def run_experiment(a: argparse.Namespace, log=_log) -> dict[str, Any]:
@@ -84,9 +101,13 @@ def run_experiment(a: argparse.Namespace, log=_log) -> dict[str, Any]:
         with Topology(profile, a.emulator, seed=seeds[0], backend=True, log=log,
                       verbose=a.verbose) as topo:
             gw_schedulers = transports or ["rr"]
+            tcp_cc = {role: _kernel_tcp_cc(topo, role) for role in ("client", "gateway")}
+            log(f"congestion control: QUIC {a.congestion_control} (client SDK and gateway), "
+                f"TCP {tcp_cc['client']} (client kernel) / {tcp_cc['gateway']} (gateway kernel)")
             gw = topo.spawn("gateway", [sys.executable, "-m", "netem.gateways", "--host",
                                         topo.gateway_ip, "--base-port", str(BASE_PORT),
-                                        "--schedulers", ",".join(gw_schedulers)],
+                                        "--schedulers", ",".join(gw_schedulers),
+                                        "--congestion-control", a.congestion_control],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=gw_log,
                             text=True)
             drv = topo.spawn("client", [sys.executable, "-m", "netem.driver"],
@@ -106,7 +127,8 @@ def run_experiment(a: argparse.Namespace, log=_log) -> dict[str, Any]:
                     spec = {"transport": transport, "scheduler": name if transport == "quic"
                             else "rr", "host": topo.gateway_ip,
                             "port": ports.get(name, ports[gw_schedulers[0]]), "seed": seed,
-                            "items": items, "cutoff_factor": a.cutoff_factor}
+                            "items": items, "cutoff_factor": a.cutoff_factor,
+                            "congestion_control": a.congestion_control}
                     t = time.monotonic()
                     assert drv.stdin is not None
                     drv.stdin.write(json.dumps(spec) + "\n")
@@ -147,6 +169,7 @@ def run_experiment(a: argparse.Namespace, log=_log) -> dict[str, Any]:
     result = {
         "profile": profile.to_dict(), "profile_summary": profile.summary(),
         "emulator": emulator, "emulator_reason": reason,
+        "congestion_control": {"quic": a.congestion_control, "tcp": tcp_cc},
         "arrivals": a.arrivals, "rate": a.rate if a.arrivals == "poisson" else None,
         "requests": a.requests, "seeds": seeds, "cutoff_factor": a.cutoff_factor,
         "bounds": {str(s): b for s, b in bounds.items()},
@@ -186,8 +209,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--from-json", metavar="RESULTS_JSON",
                     help="do not run: report again from an earlier run's results.json")
+    ap.add_argument("--congestion-control", default=congestion.DEFAULT,
+                    help=f"QUIC congestion controller at both ends, for every QUIC scheduler "
+                         f"(default {congestion.DEFAULT}; also: reno, cubic). TCP uses the "
+                         f"kernel's, reported")
     ap.add_argument("--verbose", action="store_true", help="log every ip/tc command")
     a = ap.parse_args(argv)
+    try:
+        congestion.check_algorithm(a.congestion_control)
+    except ValueError as e:
+        ap.error(str(e))
     if a.schedulers:
         a.schedulers = [s.strip() for s in a.schedulers.split(",") if s.strip()]
     else:
@@ -224,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(res['seeds'])} seed{'s' if len(res['seeds']) > 1 else ''})"
     print()
     print(f"{title}: {res['profile_summary']}")
+    cc = res.get("congestion_control")
+    if cc:
+        print(f"congestion control: QUIC {cc['quic']} at both ends (every QUIC scheduler); "
+              f"TCP {cc['tcp']['client']} (client kernel) / {cc['tcp']['gateway']} "
+              f"(gateway kernel)")
     print("completion within deadline (mean±sd over seeds), mean latency of completed requests "
           "(ms, mean±sd over seeds), on-time as a fraction of the bound")
     ref = res.get("loss_limited_reference")
@@ -232,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bound: offline EDF on the fluid link; ref: the same with each direction capped at "
               f"a Reno sender's loss-limited rate (Mathis: {ref['up_mbit']:.2f} up / "
               f"{ref['down_mbit']:.2f} down Mbit/s), what any schedule can reach on top of "
-              f"loss-based congestion control")
+              f"loss-based congestion control (reno, cubic; not a limit for bbr)")
     with open(out / "results.json", "w") as f:
         json.dump(res, f, indent=1)
     analysis.write_csv(out / "summary.csv", rows)

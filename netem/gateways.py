@@ -17,18 +17,22 @@ import logging
 import signal
 import sys
 
+from quicgw import congestion
 from quicgw.config import parse_config
 from quicgw.gateway.server import Gateway
 
 
-def experiment_config(host: str, port: int, scheduler: str) -> dict:
+def experiment_config(host: str, port: int, scheduler: str,
+                      congestion_control: str = congestion.DEFAULT) -> dict:
     # No tenants: an open gateway; each request names its class and deadline in headers.
     return {"gateway": {"host": host, "port": port, "scheduler": scheduler,
+                        "congestion_control": congestion_control,
                         "echo_endpoint": True, "max_body_bytes": 4 << 20,
                         "shutdown_grace_s": 1.0}}
 
 
-async def serve(host: str, base_port: int, schedulers: list[str]) -> None:
+async def serve(host: str, base_port: int, schedulers: list[str],
+                congestion_control: str = congestion.DEFAULT) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -38,7 +42,8 @@ async def serve(host: str, base_port: int, schedulers: list[str]) -> None:
     ports = {}
     try:
         for i, name in enumerate(schedulers):
-            gw = Gateway(parse_config(experiment_config(host, base_port + i, name)))
+            gw = Gateway(parse_config(experiment_config(host, base_port + i, name,
+                                                        congestion_control)))
             await gw.start()
             gateways.append(gw)
             ports[name] = gw.port
@@ -57,10 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", required=True)
     ap.add_argument("--base-port", type=int, default=8440)
     ap.add_argument("--schedulers", required=True, help="comma-separated")
+    ap.add_argument("--congestion-control", default=congestion.DEFAULT)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(serve(a.host, a.base_port, [s for s in a.schedulers.split(",") if s]))
+        runner.run(serve(a.host, a.base_port, [s for s in a.schedulers.split(",") if s],
+                         a.congestion_control))
     return 0
 
 

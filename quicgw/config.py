@@ -136,6 +136,9 @@ class GatewayConfig(_Strict):
     certfile: str | None = None
     keyfile: str | None = None
     scheduler: str = "rr"
+    # QUIC congestion controller of the gateway's side of each connection (quicgw.congestion):
+    # "bbr" (model-based, tolerates random loss) or aioquic's "reno" / "cubic".
+    congestion_control: str = "bbr"
     router: str = "jsq"
     router_options: dict[str, str | int | float | bool] = Field(default_factory=dict)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
@@ -178,6 +181,13 @@ class GatewayConfig(_Strict):
     # ILP profile and plan JSON files for the dashboard's benchmark browser (searched
     # recursively); None: the example profiles shipped with ilp.
     dashboard_data_dir: str | None = None
+
+    @field_validator("congestion_control")
+    @classmethod
+    def _known_congestion_control(cls, v: str) -> str:
+        from quicgw.congestion import check_algorithm
+
+        return check_algorithm(v)
 
 
 class Config(_Strict):

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from aioquic.h3.connection import H3_ALPN, ErrorCode
 from aioquic.quic.configuration import QuicConfiguration
 
+from quicgw import congestion
 from quicgw.client.connection import ClientStream, H3ClientConnection, RequestRejected, Timing
 from quicgw.client.sse import SSEParser
 from quicgw.core.classes import DEFAULT_CLASS_TABLE, ClassTable, TrafficClass
@@ -257,16 +258,20 @@ class AsyncClient:
     ``verify``: True (system CAs), False (no verification: development only), or the path of a
     CA file (e.g. the gateway's development CA, ``Gateway.cafile``). ``scheduler`` names the
     packet scheduler of this side of the connection (it orders uploads). ``timeout`` bounds each
-    request (seconds; None for no limit) unless a request gives its own.
+    request (seconds; None for no limit) unless a request gives its own. ``congestion_control``
+    names this side's QUIC congestion controller (:mod:`quicgw.congestion`: ``bbr``, the
+    default, or aioquic's ``reno`` / ``cubic``).
     """
 
     def __init__(self, base_url: str | None = None, *, host: str | None = None,
                  port: int | None = None, scheduler: str = "rr", verify: bool | str = True,
                  api_key: str | None = None, timeout: float | None = DEFAULT_TIMEOUT_S,
                  server_name: str | None = None, classes: ClassTable | None = None,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0,
+                 congestion_control: str = congestion.DEFAULT) -> None:
         self.host, self.port = _host_port(base_url, host, port)
         self.scheduler = scheduler
+        self.congestion_control = congestion.check_algorithm(congestion_control)
         self.verify = verify
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -286,7 +291,8 @@ class AsyncClient:
     def _quic_configuration(self) -> QuicConfiguration:
         config = QuicConfiguration(is_client=True, alpn_protocols=list(H3_ALPN),
                                    server_name=self.server_name, max_data=MAX_DATA,
-                                   max_stream_data=MAX_STREAM_DATA)
+                                   max_stream_data=MAX_STREAM_DATA,
+                                   congestion_control_algorithm=self.congestion_control)
         if self.verify is False:
             config.verify_mode = ssl.CERT_NONE
         elif isinstance(self.verify, str):

@@ -55,6 +55,7 @@ from aioquic.quic.packet import (
     pull_quic_header,
 )
 
+import quicgw.congestion  # registers our congestion controllers with aioquic
 from quicgw.core.qos import Priority
 from quicgw.gateway.app import Exchange, GatewayApp
 from quicgw.gateway.classify import Classifier
@@ -76,10 +77,13 @@ _STATUS = {s: str(s).encode() for s in range(100, 600)}
 
 
 def server_configuration(certfile: str, keyfile: str, *, idle_timeout: float = 60.0,
-                         max_datagram_size: int | None = None) -> QuicConfiguration:
+                         max_datagram_size: int | None = None,
+                         congestion_control: str = quicgw.congestion.DEFAULT
+                         ) -> QuicConfiguration:
     config = QuicConfiguration(
         is_client=False, alpn_protocols=list(H3_ALPN), idle_timeout=idle_timeout,
-        max_data=MAX_DATA, max_stream_data=MAX_STREAM_DATA)
+        max_data=MAX_DATA, max_stream_data=MAX_STREAM_DATA,
+        congestion_control_algorithm=quicgw.congestion.check_algorithm(congestion_control))
     if max_datagram_size is not None:
         config.max_datagram_size = max_datagram_size
     config.load_cert_chain(certfile, keyfile)

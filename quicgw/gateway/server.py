@@ -126,7 +126,8 @@ class Gateway:
         self.port = tcp.getsockname()[1]
         try:
             quic_config = server_configuration(self.certificate.certfile,
-                                               self.certificate.keyfile)
+                                               self.certificate.keyfile,
+                                               congestion_control=gw.congestion_control)
             self.h3 = await serve_h3(self.app, gw.host, self.port, quic_config,
                                      scheduler=gw.scheduler,
                                      max_streams=gw.max_streams_per_connection, sock=udp)
