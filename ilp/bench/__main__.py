@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--cafile", help="CA file to verify the target's certificate")
     live.add_argument("--time-scale", type=float, default=1.0,
                       help="the emulated backends' time scale; results are in model time")
+    live.add_argument("--request-timeout", default="24h",
+                      help="give up on one request after this long (model time; default 24h)")
     live.add_argument("--drain-timeout", help="give up on responses this long after the last "
                                               "arrival (model time; default: wait)")
     live.add_argument("--label-model", help="model name to record in the profile")
@@ -122,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cafile:
             verify = args.cafile
         target = Target(args.target, args.protocol, args.endpoint, args.model, args.api_key,
-                        stream=not args.no_stream, verify=verify, time_scale=args.time_scale)
+                        stream=not args.no_stream, verify=verify, time_scale=args.time_scale,
+                        timeout_s=parse_duration(args.request_timeout))
         stream = Stream("load", 0.0, workload, args.traffic_class, args.priority)
         try:
             res = run_sweep_live(

@@ -60,7 +60,7 @@ class Target:
     stream: bool = True  # SSE: measures TTFT and inter-token latency at the client
     verify: bool | str = True
     time_scale: float = 1.0
-    timeout_s: float = 3600.0  # per request, model time
+    timeout_s: float = 86_400.0  # per request, model time
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:

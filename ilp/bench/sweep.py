@@ -171,6 +171,18 @@ def _lm_json(m: LatencyModel) -> dict[str, Any]:
             "kv_capacity_tokens": m.kv_capacity_tokens}
 
 
+async def _backend_lag_ms(target: Target) -> float | None:
+    """Our emulated backend reports how late its step loop ran (``/load``'s ``lag_wall_ms``)."""
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(verify=target.verify, timeout=10) as c:
+            d = (await c.get(target.url + "/load")).json()
+        return float(d["lag_wall_ms"]["max"])
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+
+
 def run_sweep_live(target: Target, cfg: SweepConfig, *, stream: Stream | None = None,
                    model_name: str | None = None, gpu: str | None = None,
                    engine: str | None = None, mode: str | None = None,
@@ -218,6 +230,11 @@ def run_sweep_live(target: Target, cfg: SweepConfig, *, stream: Stream | None = 
         recs[rate], loads[rate] = r, samples
         pt = _point(cfg, rate, r, samples)
         points.append(pt)
+        lag = asyncio.run(_backend_lag_ms(target)) if q else None
+        if lag is not None and lag > 1000:
+            log(f"  warning: the backend's step loop fell up to {lag / 1000:.1f} s (wall) behind "
+                f"its clock at {rate:g} RPM: the machine could not keep up with time scale "
+                f"{target.time_scale:g}; this point is not trustworthy")
         e = pt.metrics.get("e2el_ms")
         log(f"  {rate:g} RPM: {pt.completed} done, {pt.failed} failed, achieved "
             f"{pt.achieved_rpm:.2f} RPM, e2el p50 {(e.median if e else math.nan) / 1e3:.2f} s "
