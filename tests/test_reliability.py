@@ -162,6 +162,26 @@ async def test_priority_update_protocol_errors_close_only_that_connection(where)
             assert (await slow).status == 200  # other connections never noticed
 
 
+async def test_a_bug_on_one_connection_closes_only_that_connection(caplog):
+    async with FakeBackend() as fake, Gateway(fake_config(fake)) as gw:
+        async with AsyncClient(gw.url, verify=gw.cafile, timeout=10) as a:
+            assert (await a.chat(MESSAGES, max_tokens=1)).status == 200
+            (victim,) = set(gw.h3.connections.values())
+            b = AsyncClient(gw.url, verify=gw.cafile, timeout=10)
+            await b.connect()
+
+            def broken(*args, **kwargs):
+                raise RuntimeError("injected bug")
+
+            victim.quic.receive_datagram = broken
+            with pytest.raises(ConnectionLost) as e:
+                await a.chat(MESSAGES, max_tokens=1)
+            assert "0x1" in str(e.value)  # INTERNAL_ERROR
+            assert (await b.chat(MESSAGES, max_tokens=1)).status == 200
+            await b.aclose()
+            assert "internal error on a QUIC connection" in caplog.text
+
+
 # -- a peer that never reads ----------------------------------------------------------------
 
 class _NeverReadingClient(AsyncClient):

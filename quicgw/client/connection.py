@@ -5,6 +5,9 @@ Like the gateway's server, this drives an H3 connection (:class:`PriorityH3Conne
 aioquic's, plus RFC 9218 PRIORITY_UPDATE) directly instead of ``aioquic.asyncio.connect``, which
 constructs a plain ``QuicConnection`` we could not replace.
 
+QUIC's clock is ``time.monotonic()`` (``loop.time()`` is millisecond-coarse on uvloop, which made
+loopback RTTs 0), with timers set by ``loop.call_at`` on the same base.
+
 GOAWAY (RFC 9114 section 5.2), which aioquic reads past: :class:`_H3` picks it out of the
 server's control stream. The connection is then *going away*: the client sends new requests on a
 new connection, and requests on streams at or above the GOAWAY's ID fail at once with
@@ -232,7 +235,7 @@ class H3ClientConnection(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
-        self.quic.receive_datagram(data, addr, now=self.loop.time())
+        self.quic.receive_datagram(data, addr, now=time.monotonic())
         self._process_events()
         self.transmit()
 
@@ -251,7 +254,7 @@ class H3ClientConnection(asyncio.DatagramProtocol):
             self.streams.pop(sid).fail(RequestRejected(sid))
 
     def connect(self, addr: NetworkAddress) -> None:
-        self.quic.connect(addr, now=self.loop.time())
+        self.quic.connect(addr, now=time.monotonic())
         self.transmit()
 
     def _process_events(self) -> None:
@@ -312,7 +315,7 @@ class H3ClientConnection(asyncio.DatagramProtocol):
         self._transmit_handle = None
         if self.transport is None:
             return
-        for data, addr in self.quic.datagrams_to_send(now=self.loop.time()):
+        for data, addr in self.quic.datagrams_to_send(now=time.monotonic()):
             self.transport.sendto(data, addr)
         timer_at = self.quic.get_timer()
         if self._timer is not None and self._timer_at != timer_at:
@@ -323,7 +326,7 @@ class H3ClientConnection(asyncio.DatagramProtocol):
         self._timer_at = timer_at
 
     def _on_timer(self) -> None:
-        now = max(self._timer_at, self.loop.time())
+        now = max(self._timer_at, time.monotonic())
         self._timer = None
         self._timer_at = None
         self.quic.handle_timer(now=now)

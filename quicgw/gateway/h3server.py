@@ -20,6 +20,11 @@ flow-control bytes used); the wait propagates to the backend over TCP. A writer 
 for ``gateway.write_stall_timeout_s`` has its stream reset (H3_REQUEST_CANCELLED), which cancels
 the backend request and frees its slot.
 
+Clock: QUIC gets ``time.monotonic()`` (the clock of every ``RequestQoS`` deadline), not
+``loop.time()``, which uvloop truncates to milliseconds (loopback RTTs then measure 0); timers
+are set with ``loop.call_at`` on the same monotonic base. An exception while handling one
+connection closes that connection (INTERNAL_ERROR) and no other.
+
 Graceful shutdown (:meth:`H3Server.shutdown`): GOAWAY in two steps (RFC 9114 section 5.2: first
 the largest stream ID, then, after the requests already in flight have had time to arrive, the
 first ID that will not be processed); requests on later streams are reset with
@@ -35,6 +40,7 @@ import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from time import monotonic
 
 from aioquic.buffer import Buffer, encode_uint_var
 from aioquic.h3.connection import H3_ALPN, ErrorCode, FrameType, encode_frame
@@ -356,9 +362,23 @@ class H3ServerConnection:
             not st.sender.is_finished for sid, st in self.quic._streams.items() if sid % 4 == 0)
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
-        self.quic.receive_datagram(data, addr, now=self.loop.time())
-        self._process_events()
-        self.transmit()
+        try:
+            self.quic.receive_datagram(data, addr, now=monotonic())
+            self._process_events()
+            self.transmit()
+        except Exception:
+            self._crashed()
+
+    def _crashed(self) -> None:
+        """A bug while handling this connection: end it (INTERNAL_ERROR), keep the others."""
+        log.exception("internal error on a QUIC connection; closing it")
+        try:
+            self.quic.close(error_code=0x1, reason_phrase="internal error")
+            for data, addr in self.quic.datagrams_to_send(now=monotonic()):
+                self.server.transport.sendto(data, addr)
+        except Exception:
+            pass
+        self._terminated()
 
     def _process_events(self) -> None:
         quic = self.quic
@@ -499,7 +519,7 @@ class H3ServerConnection:
     def transmit(self) -> None:
         self._transmit_handle = None
         sendto = self.server.transport.sendto
-        for data, addr in self.quic.datagrams_to_send(now=self.loop.time()):
+        for data, addr in self.quic.datagrams_to_send(now=monotonic()):
             sendto(data, addr)
         if self.blocked:
             self._wake_writers()
@@ -512,12 +532,15 @@ class H3ServerConnection:
         self._timer_at = timer_at
 
     def _on_timer(self) -> None:
-        now = max(self._timer_at, self.loop.time())
+        now = max(self._timer_at, monotonic())
         self._timer = None
         self._timer_at = None
-        self.quic.handle_timer(now=now)
-        self._process_events()
-        self.transmit()
+        try:
+            self.quic.handle_timer(now=now)
+            self._process_events()
+            self.transmit()
+        except Exception:
+            self._crashed()
 
     def close(self, error_code: int = ErrorCode.H3_NO_ERROR, reason: str = "") -> None:
         self.quic.close(error_code=error_code, reason_phrase=reason)
