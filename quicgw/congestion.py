@@ -261,6 +261,17 @@ class BBRCongestionControl(QuicCongestionControl):
         return min(self.max_bw, self.bw_lo)
 
     @property
+    def send_rate_estimate(self) -> float:
+        """The rate this sender expects to deliver at, for schedulers that predict completion
+        times (``adaptive``): the bandwidth estimate once startup has measured the path; during
+        startup, the pacing rate the ramp is heading for. (The estimate alone would be the
+        handshake's few kB/s at first, and a prediction that low gives up on streams that would
+        have made their deadlines.) 0 before the first RTT sample."""
+        if self.full_bw_reached:
+            return self.bandwidth_estimate
+        return max(self.pacing_rate or 0.0, self.bandwidth_estimate)
+
+    @property
     def bdp(self) -> float:
         return self._bdp(self.bandwidth_estimate)
 

@@ -292,6 +292,18 @@ def test_initial_pacing_rate_comes_from_the_initial_window_and_first_rtt():
     assert bbr(initial_window=10).congestion_window == 10 * MSS
 
 
+def test_send_rate_estimate_is_the_ramp_target_in_startup_then_the_model():
+    # adaptive predicts completion times from it: in startup the model holds only the
+    # handshake's samples, and a prediction that low would give up on streams for good
+    cc = bbr()
+    assert cc.send_rate_estimate == 0.0
+    cc.on_rtt_measurement(now=0.1, rtt=0.1)
+    assert cc.send_rate_estimate == cc.pacing_rate > RATE
+    run_path(cc, duration=3.0)
+    assert cc.full_bw_reached
+    assert cc.send_rate_estimate == pytest.approx(RATE, rel=0.05)
+
+
 # -- ProbeRTT ---------------------------------------------------------------------------------
 
 

@@ -419,10 +419,10 @@ class ScheduledQuicConnection(QuicConnection):
         space = self._spaces[tls.Epoch.ONE_RTT]
 
         if self._scheduler.wants_rate_hint and self._loss._rtt_smoothed > 0:
-            # The controller's bandwidth estimate where it has one (BBR's cwnd is twice the
-            # BDP, so cwnd / RTT would overstate the rate); else cwnd / smoothed RTT.
+            # The controller's own estimate where it has one (BBR's cwnd is twice the BDP, so
+            # cwnd / RTT would overstate the rate); else cwnd / smoothed RTT.
             self._scheduler.observe_rate(
-                getattr(self._loss._cc, "bandwidth_estimate", 0.0)
+                getattr(self._loss._cc, "send_rate_estimate", 0.0)
                 or self._loss.congestion_window / self._loss._rtt_smoothed
             )
 
