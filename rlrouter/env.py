@@ -126,7 +126,7 @@ class LLMRoutingEnv(gym.Env):
             sim = self.sim
             while not sim.done and sim.now < cfg.warmup_s:
                 sim.route(warm.route(sim.request, sim.view))
-        self._mask[:] = False
+        self._mask = np.zeros(MAX_INSTANCES, dtype=bool)
         self._mask[:len(instances)] = True
         self._valid = list(range(len(instances)))
         self._steps = 0
@@ -169,4 +169,4 @@ class LLMRoutingEnv(gym.Env):
         return self._mask.copy()
 
     def _info(self) -> dict[str, Any]:
-        return {"action_mask": self._mask.copy()}
+        return {"action_mask": self._mask.copy()}  # fresh per call (gymnasium's checker)

@@ -208,13 +208,8 @@ class Simulator:
             return 0.0
         m = engine.model
         stall = m.prefill_s_per_token * input_tokens
-        occupied = len(engine.running) + engine._n_waiting
-        room = occupied < m.max_batch
+        room = len(engine.running) + engine._n_waiting < m.max_batch
         tau1 = m.decode_per_seq_s if room else 0.0
-        # Running requests: a fresh prediction from their remaining tokens at the batch size
-        # the newcomer makes (the batch has changed since they were routed), plus its prefill.
-        step = m.decode_step_s(min(m.max_batch, occupied + 1))
-        now = self.now
         # A full instance: the newcomer takes the next free slot ahead of lower classes.
         turn = 0.0 if room else output_tokens * m.decode_step_s(m.max_batch) / m.max_batch
         finish, due, credit = self._finish, self._due, self._credit
@@ -224,12 +219,13 @@ class Simulator:
             rid = r.rid
             if not credit[rid] or r.finished is not None:
                 continue
-            if r.admitted is not None:
-                f2 = now + stall + (r.output_tokens - r.generated) * step
-            else:
-                f2 = finish[rid] + stall + tau1 * min(r.output_tokens, output_tokens)
-                if r.priority > priority:
-                    f2 += turn
+            # Predicted finishes only grow (each newcomer's delay adds up): a pessimistic
+            # prediction, which trained better policies than re-predicting from the current
+            # batch (see the README's rlrouter section).
+            left = r.output_tokens - r.generated
+            f2 = finish[rid] + stall + tau1 * (left if left < output_tokens else output_tokens)
+            if r.admitted is None and r.priority > priority:
+                f2 += turn
             if f2 > due[rid]:
                 lost += credit[rid]
                 if not dry:
@@ -291,18 +287,22 @@ class Simulator:
             load.in_flight = len(e.running)
             load.queued = e._n_waiting
         deadline = self._deadline[c]
+        # Positional (class_name, class_priority, class_index, slack_s, deadline_s,
+        # input_tokens, output_tokens, task, weight): a third cheaper than keywords.
         self.request = RouteRequest(
-            class_name=name, class_priority=self._prio[c], class_index=c,
-            slack_s=self._sent[k] + deadline - t, deadline_s=deadline,
-            input_tokens=self._inp[k], output_tokens=self._out[k],
-            task=self._tasks[self._task[k]], weight=self._weights[c])
+            name, self._prio[c], c, self._sent[k] + deadline - t, deadline, self._inp[k],
+            self._out[k], self._tasks[self._task[k]], self._weights[c])
 
     def _advance(self, t: float) -> None:
         for i, e in enumerate(self.engines):
-            if e._current is None and not e.busy:
-                if t > e.now and t != math.inf:
-                    e.now = t  # what advance_to does for an idle engine, without the call
-                continue
+            cur = e._current
+            if cur is None:
+                if not e.running and not e._n_waiting:
+                    if t > e.now and t != math.inf:
+                        e.now = t  # what advance_to does for an idle engine, without the call
+                    continue
+            elif cur.end > t:
+                continue  # mid-iteration: nothing ends by t (advance_to would return at once)
             for r in e.advance_to(t):
                 self._finished(i, r)
         if self.network is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import json
 import sys
 import time
@@ -39,7 +40,8 @@ POSTER_ROUTERS = ("static-large", "static-medium", "slackfit", "slackfit-tuned",
 
 def policy_files(pattern: str | None) -> list[Path]:
     if pattern:
-        files = sorted(Path().glob(pattern)) if any(c in pattern for c in "*?[") else [Path(pattern)]
+        files = ([Path(f) for f in sorted(glob.glob(pattern))] if any(c in pattern for c in "*?[")
+                 else [Path(pattern)])
     else:
         files = sorted(POLICY_DIR.glob("dqn_seed*.npz")) or [POLICY_DIR / "dqn.npz"]
     if not files or not all(f.exists() for f in files):
@@ -107,14 +109,14 @@ def best_baseline(table: dict, workload: str) -> tuple[str, float]:
 
 
 def format_table(table: dict, workloads: list[str], title: str) -> str:
-    lines = [title, f"{'router':<16}" + "".join(f"{w:>28}" for w in workloads)]
+    lines = [title, f"{'router':<16}" + "".join(f"{w:>34}" for w in workloads)]
     for rname, row in table.items():
         cells = []
         for w in workloads:
             d = row.get(w)
             cells.append(f"{d['mean']:.4f} ± {d['std']:.4f} [{d['min']:.3f},{d['max']:.3f}]"
                          if d else "-")
-        lines.append(f"{rname:<16}" + "".join(f"{c:>28}" for c in cells))
+        lines.append(f"{rname:<16}" + "".join(f"{c:>34}" for c in cells))
     for w in workloads:
         if "dqn" in table and w in table["dqn"]:
             name, x = best_baseline(table, w)
@@ -202,7 +204,7 @@ def tune_slackfit(duration: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="2 test seeds, 150 s runs, no network table")
+    ap.add_argument("--quick", action="store_true", help="2 test seeds, 120 s runs, no network table")
     ap.add_argument("--policies", default=None, help="policy file or glob (default: shipped seeds)")
     ap.add_argument("--seeds", type=int, default=None, help="number of test seeds")
     ap.add_argument("--duration", type=float, default=None, help="simulated seconds per run")
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     n_seeds = args.seeds or (2 if args.quick else len(TEST_SEEDS))
     seeds = tuple(TEST_SEEDS[:n_seeds]) if n_seeds <= len(TEST_SEEDS) else tuple(
         range(TEST_SEEDS[0], TEST_SEEDS[0] + n_seeds))
-    duration = args.duration or (150.0 if args.quick else 300.0)
+    duration = args.duration or (120.0 if args.quick else 300.0)
     clusters = args.clusters or (["poster"] if args.quick else ["poster", "unseen"])
     files = policy_files(args.policies)
     policies = [NumpyQPolicy.load(f) for f in files]
