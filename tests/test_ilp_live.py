@@ -45,7 +45,7 @@ def test_bench_sweep_against_an_emulated_backend(tmp_path):
     # Client-side end-to-end latency (wall x 20) tracks the server's own model-time timings.
     recs = [r for r in res.records[60.0] if r.ok]
     gaps = sorted(r.e2el_s - r.server_e2el_s for r in recs)
-    assert gaps[len(gaps) // 2] < 0.2  # median overhead below 0.2 s of model time
+    assert 0 <= gaps[len(gaps) // 2] < 1.0  # median overhead under 50 ms of wall time
     # Output files, and the profile reloads.
     paths = write_sweep(prof, res.records, tmp_path / "out", plots=True)
     assert all(p.exists() for p in paths)
