@@ -294,6 +294,9 @@ async def run_load(streams: int, connections: int, seconds: float, warmup: float
         clients = [AsyncClient(gw.url, verify=gw.cafile, timeout=180) for _ in range(connections)]
         await asyncio.gather(*(c.connect() for c in clients))
         c = Counters()
+        cpu_pids = {"gateway": [gw.pid], "load generator": [os.getpid()],
+                    "backends": [p.pid for p in procs]}
+        cpu0 = {k: sum(cpu_seconds(p) for p in v) for k, v in cpu_pids.items()}
         t_start = time.monotonic()
         measure_from = t_start + warmup
         stop_at = measure_from + seconds
@@ -319,6 +322,8 @@ async def run_load(streams: int, connections: int, seconds: float, warmup: float
                     f"gateway RSS {rss / 1024:.1f} MiB")
         await asyncio.gather(*tasks)
         elapsed = min(time.monotonic(), stop_at) - measure_from
+        wall = time.monotonic() - t_start
+        cpu = {k: (sum(cpu_seconds(p) for p in v) - cpu0[k]) / wall for k, v in cpu_pids.items()}
         quic = await _quic_counters(clients[0])
         rss_end = rss_kb(gw.pid)
         rss_warm = rss_warm or rss_end
@@ -330,7 +335,7 @@ async def run_load(streams: int, connections: int, seconds: float, warmup: float
             "rss_max_kb": max(r for _, r in samples) if samples else rss_end,
             "rss_growth_pct": (rss_end - rss_warm) / rss_warm * 100,
             "errors": c.errors, "error_kinds": c.error_kinds, "completed": c.done,
-            "rss_samples": samples, "gateway_quic": quic,
+            "rss_samples": samples, "gateway_quic": quic, "cpu_cores": cpu,
         }
     finally:
         await asyncio.gather(*(cl.aclose() for cl in clients), return_exceptions=True)
@@ -387,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{res['rss_start_kb'] / 1024:.1f} MiB at start, {res['rss_after_warmup_kb'] / 1024:.1f} "
         f"MiB after warm-up, {res['rss_end_kb'] / 1024:.1f} MiB at the end (max "
         f"{res['rss_max_kb'] / 1024:.1f}); errors by kind: {res['error_kinds'] or 'none'}")
+    say("CPU (cores busy on average): " + ", ".join(f"{k} {v:.2f}"
+                                                    for k, v in res["cpu_cores"].items()))
     quic = res["gateway_quic"]
     if quic:
         say(f"gateway QUIC packets: {quic.get('packets_sent', 0):.0f} sent, "
