@@ -218,7 +218,7 @@ class Plan:
                     continue
                 pred = i.predicted_ms.get(c.name)
                 ptxt = ("" if pred is None else
-                        f"; predicted {c.stat_label} {pred / 1e3:.1f} s <= {c.latency_ms / 1e3:g} s")
+                        f"; profile predicts {c.stat_label} {pred / 1e3:.1f} s <= {c.latency_ms / 1e3:g} s")
                 lines.append(f"      {c.name:<14} {v:8.3f} RPM{ptxt}")
         lines.append("  routes (fraction of each class's traffic per instance):")
         for c, r in self.routes().items():

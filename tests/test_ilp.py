@@ -268,6 +268,22 @@ def test_power_objective_prefers_the_low_power_mode():
     assert any(r.pool.mode.name == "eco" and r.count > 0 for r in sol.pools)
 
 
+def test_analytic_modes_need_no_profile():
+    data = {
+        "classes": [{"name": "chat", "rate_rpm": 120, "latency_s": 12, "percentile": 95},
+                    {"name": "batch", "rate_rpm": 60, "latency_s": 60, "percentile": 90}],
+        "gpus": [{"name": "a100-80gb", "count": 8, "modes": [
+            {"name": "b16", "model": "llama-3.1-8b",
+             "analytic": {"max_batch": 16, "input_tokens": 512, "output_tokens": [64, 256]}}]}],
+    }
+    problem = parse_problem(data)
+    mode = problem.modes[0]
+    assert mode.sim_model is not None and mode.rate_cap_rpm > 0
+    sol = solve(problem)
+    assert sol.optimal and sol.instances >= math.ceil(180 / mode.rate_cap_rpm)
+    assert sol.instances <= solve(problem, "dedicated").instances
+
+
 def test_scale_50x64x8_is_optimal_within_two_seconds():
     data, profiles = scale_problem(50, 64, 8, seed=0)
     problem = parse_problem(data, profiles=profiles)

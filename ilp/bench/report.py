@@ -151,8 +151,9 @@ def write_sweep(profile: Profile, records: dict[float, list[RequestRecord]], out
             vals = [r.e2el_s for r in recs if r.ok and r.e2el_s is not None and t0 <= r.arrival_s < t1]
             series.append((f"{rate:g} RPM", vals))
         cdf = out / "cdf_e2el.png"
-        plot_cdfs(series, cdf, f"{profile.label}: end-to-end latency CDF per offered rate "
-                               f"(trimmed {profile.warmup_s / 60:g}/{profile.cooldown_s / 60:g} min)")
+        plot_cdfs(series, cdf, f"{profile.label}: e2e latency CDF per offered rate\n"
+                               f"(first {profile.warmup_s / 60:g} and last "
+                               f"{profile.cooldown_s / 60:g} min of each run dropped)")
         pct = out / "percentiles.png"
         plot_profile(profile, pct)
         paths += [cdf, pct]
