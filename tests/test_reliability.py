@@ -17,7 +17,13 @@ from fake_backend import FakeBackend
 
 from quicgw.backends.emulated import EmulatedBackend
 from quicgw.backends.process import BackendProcess
-from quicgw.client import APIError, AsyncClient, ConnectionLost, StreamResetError
+from quicgw.client import (
+    APIError,
+    AsyncClient,
+    ConnectionLost,
+    RequestTimeout,
+    StreamResetError,
+)
 from quicgw.client.connection import RequestRejected
 from quicgw.config import parse_config
 from quicgw.gateway import Gateway
@@ -237,6 +243,22 @@ async def test_peer_that_never_reads_holds_bounded_memory_and_frees_the_backend_
         await c.aclose()
         async with AsyncClient(gw.url, verify=gw.cafile) as ok:  # the gateway is fine
             assert (await ok.chat(MESSAGES, max_tokens=2)).status == 200
+
+
+async def test_a_reset_after_the_answer_was_written_leaves_the_buffer_count():
+    # The echo is handed to QUIC in full (its task is done) but the peer reads 32 KB of it;
+    # when the peer then gives up, the unsent rest must leave the connection's count, or a
+    # long-lived connection would end up blocked by bytes that will never be sent.
+    async with FakeBackend() as fake, Gateway(fake_config(fake, echo_endpoint=True)) as gw:
+        c = _NeverReadingClient(gw.url, verify=gw.cafile)
+        await c.connect()
+        server = server_conn(gw)
+        with pytest.raises(RequestTimeout):
+            await c.request("POST", "/v1/echo", b"e" * 200_000, timeout=1.0)
+        await until(lambda: not server.streams and not server.unsent_streams,
+                    what="the reset to reach the gateway")
+        assert server.unsent() <= 0
+        await c.aclose()
 
 
 # -- backend faults -------------------------------------------------------------------------

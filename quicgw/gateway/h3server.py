@@ -350,6 +350,7 @@ class H3ServerConnection:
         self.stream_budget = server.stream_buffer_bytes
         self.connection_budget = server.connection_buffer_bytes
         self.blocked: dict[RequestStream, asyncio.Future] = {}  # writers waiting for room
+        self.unsent_streams: dict[int, RequestStream] = {}  # answered, bytes not all sent yet
         self.last_stream_id = -4  # the highest request stream whose headers arrived
         self.goaway_id: int | None = None  # streams from this ID on are refused
 
@@ -398,7 +399,8 @@ class H3ServerConnection:
                         self._on_priority_update(h3_event)
             elif kind is StreamReset or kind is StopSendingReceived:
                 self.h3.handle_event(event)
-                stream = self.streams.pop(event.stream_id, None)
+                stream = (self.streams.pop(event.stream_id, None)
+                          or self.unsent_streams.pop(event.stream_id, None))
                 if stream is not None:
                     # STOP_SENDING: aioquic resets our side itself; RESET_STREAM: we do.
                     stream.on_peer_abort(reset_ours=kind is StreamReset)
@@ -467,7 +469,10 @@ class H3ServerConnection:
             self._early_priority[sid] = event.priority
 
     def forget(self, stream_id: int) -> None:
-        self.streams.pop(stream_id, None)
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None and not stream.reset and stream.unsent() > 0:
+            # Answered, not yet all sent: a reset may still come, and must leave the count.
+            self.unsent_streams[stream_id] = stream
 
     def _reject(self, stream_id: int) -> None:
         """A request after our GOAWAY: never processed, so the client may retry it."""
@@ -506,6 +511,7 @@ class H3ServerConnection:
         for stream in list(self.streams.values()):
             stream.on_peer_abort()
         self.streams.clear()
+        self.unsent_streams.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -521,6 +527,10 @@ class H3ServerConnection:
         sendto = self.server.transport.sendto
         for data, addr in self.quic.datagrams_to_send(now=monotonic()):
             sendto(data, addr)
+        if self.unsent_streams:
+            for sid, stream in list(self.unsent_streams.items()):
+                if stream.reset or stream.unsent() <= 0:
+                    del self.unsent_streams[sid]
         if self.blocked:
             self._wake_writers()
         timer_at = self.quic.get_timer()
