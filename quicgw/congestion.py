@@ -71,8 +71,11 @@ Deviations from the draft (BBRv3), and why
   so the delivery rate already measures it. Hazard: on a connection carrying data both ways
   the RTT includes the queue of the peer's data, which can end startup early at a low
   estimate (in the in-memory simulation of the echo workload with a 10-packet initial
-  window, the gateway left startup at 1.5 of 5 Mbit/s); ProbeBW then regains bandwidth only
-  25 % per eight-round cycle.
+  window, the gateway left startup at 1.5 of 5 Mbit/s). So a delay exit is provisional: if
+  a later ProbeBW probe raises ``max_bw`` 20 % above its value when the probe began (a
+  probe adds at most 25 %; on a full pipe it adds almost nothing), startup resumes. That
+  takes the first probe cycle, about a second on 3G: it rescues bulk transfers, not the
+  first second of a connection, which is one more reason for the larger initial window.
 * The minimum count of 3 lost packets per congested round is ours: on a path whose BDP is
   about 50 packets (the 3G profile) one or two random losses already exceed 2 % of a round,
   so at 0.5 % random loss a 2 %-only rule trips about once in 35 rounds of 52 packets (once
@@ -124,6 +127,9 @@ FULL_BW_ROUNDS = 3
 HYSTART_SAMPLES = 8
 HYSTART_MIN_THRESH = 0.004
 HYSTART_MAX_THRESH = 0.016
+# A delay exit is provisional: if the next bandwidth probes find this much more bandwidth,
+# the queue was not ours (see _end_round) and startup resumes.
+PROBE_REGROWTH = 1.2
 LOSS_THRESHOLD = 0.02  # BBRv2: a round losing more than this is congested...
 LOSS_MIN_PACKETS = 3  # ...if it lost at least this many packets (ours, see the module doc)
 BETA = 0.7  # how far one congested round lowers the short-term bounds
@@ -234,6 +240,8 @@ class BBRCongestionControl(QuicCongestionControl):
         self._cycle_index = CYCLE_START
         self._cycle_stamp = 0.0
         self._probe_met_loss = False
+        self._probe_start_bw = 0.0  # max_bw when the current ProbeBW probe began
+        self.startup_resumed = 0
         self._probe_rtt_done_stamp: float | None = None
         self._probe_rtt_round_done = False
         self._prior_cwnd = 0
@@ -365,6 +373,7 @@ class BBRCongestionControl(QuicCongestionControl):
     def stats(self) -> dict[str, Any]:
         """A summary for experiment records: state, model and loss accounting."""
         return {"mode": self.mode, "startup_exit": self.startup_exit,
+                "startup_resumed": self.startup_resumed,
                 "max_bw_mbit": self.max_bw * 8 / 1e6, "min_rtt_ms": self.min_rtt * 1e3,
                 "rounds": self.round_count, "congested_rounds": self.congested_rounds,
                 "delivered": self.delivered, "lost": self.lost}
@@ -421,6 +430,12 @@ class BBRCongestionControl(QuicCongestionControl):
                 self.inflight_lo = float(self.congestion_window)
             self.bw_lo = max(self._round_max_sample, BETA * self.bw_lo)
             self.inflight_lo = max(float(delivered), BETA * self.inflight_lo)
+        elif (self.startup_exit == "delay" and self.mode == PROBE_BW and self._probe_start_bw > 0
+              and self.max_bw >= PROBE_REGROWTH * self._probe_start_bw):
+            # Startup ended on a delay signal, and a probe has since found 20 % more bandwidth:
+            # the queue was not this sender's (on a connection carrying data both ways, the
+            # RTT includes the queue the peer's data builds on the ACKs' path). Resume.
+            self._resume_startup()
         elif not self.full_bw_reached and not app_limited:
             # Startup ends once three rounds in a row grew the bandwidth less than 25 %.
             if self.max_bw >= self._full_bw * FULL_BW_GROWTH:
@@ -433,6 +448,16 @@ class BBRCongestionControl(QuicCongestionControl):
                     self.startup_exit = "plateau"
         self._round_lost = self._round_delivered = self._round_lost_packets = 0
         self._round_max_sample = 0.0
+
+    def _resume_startup(self) -> None:
+        self.mode = STARTUP
+        self.pacing_gain, self.cwnd_gain = STARTUP_PACING_GAIN, STARTUP_CWND_GAIN
+        self.full_bw_reached = False
+        self.startup_exit = None
+        self.startup_resumed += 1
+        self._full_bw, self._full_bw_count = self.max_bw, 0
+        self._last_round_min_rtt = math.inf  # a fresh delay baseline
+        self._probe_start_bw = 0.0
 
     def _update_state(self, now: float, round_start: bool) -> None:
         if self.mode == STARTUP and self.full_bw_reached:
@@ -469,6 +494,7 @@ class BBRCongestionControl(QuicCongestionControl):
         self.pacing_gain = PACING_GAIN_CYCLE[self._cycle_index]
         self._probe_met_loss = False
         if self.pacing_gain > 1.0:
+            self._probe_start_bw = self.max_bw
             # A new bandwidth probe forgets the short-term bounds, as BBRv2 does at REFILL:
             # under sustained loss they fall again within the cycle, but the model (max_bw)
             # keeps the path's capacity, so the sender recovers within a cycle of the loss

@@ -44,6 +44,7 @@ class PathResult:
     queue_drops: int = 0
     random_drops: int = 0
     modes: list[tuple[float, str]] = field(default_factory=list)
+    mode_bw: list[float] = field(default_factory=list)  # max_bw at each mode change
     cwnd: list[tuple[float, int]] = field(default_factory=list)
     pacing: list[tuple[float, float]] = field(default_factory=list)
     max_queue: int = 0
@@ -57,10 +58,13 @@ class PathResult:
 
 def run_path(cc, *, duration: float, loss: float | Callable[[float], float] = 0.0,
              buffer: int = 1000, seed: int = 1, rate: float = RATE, delay: float = DELAY,
-             app_rate: float | None = None) -> PathResult:
+             app_rate: float | None = None,
+             reverse_queue: Callable[[float], float] | None = None) -> PathResult:
     """Drive ``cc`` (an aioquic congestion controller) over a simulated path for ``duration``
     seconds with an always-backlogged sender (or one whose application writes ``app_rate``
-    bytes/s); ``loss`` is a probability or a function of time giving one. Every packet is acknowledged on arrival; a packet is declared lost
+    bytes/s); ``loss`` is a probability or a function of time giving one; ``reverse_queue(t)``
+    delays the ACK of a packet arriving at ``t`` (the queue of the peer's data on the ACKs'
+    path, as on a connection carrying data both ways). Every packet is acknowledged on arrival; a packet is declared lost
     once a packet sent three later is acknowledged (RFC 9002's packet threshold). Pacing: the
     controller's own pacer if it has one, else aioquic's at cwnd / smoothed RTT, as
     QuicPacketRecovery does. RTT samples are whole microseconds, as from a real clock."""
@@ -106,7 +110,8 @@ def run_path(cc, *, duration: float, loss: float | Callable[[float], float] = 0.
                 free_at = max(now, free_at) + MSS / rate
                 queue.append(free_at)
                 res.max_queue = max(res.max_queue, len(queue))
-                heapq.heappush(acks, (free_at + 2 * delay, pn))
+                back = reverse_queue(free_at + delay) if reverse_queue else 0.0
+                heapq.heappush(acks, (free_at + 2 * delay + back, pn))
             pn += 1
         if app_rate is not None and app_bytes < MSS and hasattr(cc, "on_app_limited"):
             cc.on_app_limited()
@@ -127,7 +132,9 @@ def run_path(cc, *, duration: float, loss: float | Callable[[float], float] = 0.
 
         while acks and acks[0][0] <= now:
             _, acked_pn = heapq.heappop(acks)
-            packet = outstanding.pop(acked_pn)
+            packet = outstanding.pop(acked_pn, None)
+            if packet is None:
+                continue  # already declared lost (a spurious loss): aioquic ignores it too
             cc.on_packet_acked(now=now, packet=packet)
             res.delivered += MSS
             rtt = round(now - packet.sent_time, 6)
@@ -143,6 +150,7 @@ def run_path(cc, *, duration: float, loss: float | Callable[[float], float] = 0.
         mode = getattr(cc, "mode", None)
         if mode != last_mode:
             res.modes.append((now, mode))
+            res.mode_bw.append(getattr(cc, "max_bw", 0.0))
             last_mode = mode
         res.cwnd.append((now, cc.congestion_window))
         if getattr(cc, "pacing_rate", None):
@@ -266,6 +274,28 @@ def test_startup_delay_signal_exits_before_the_buffer_overflows():
     assert plateau.startup_exit in ("plateau", "loss")
     assert r_delay.queue_drops < r_plateau.queue_drops / 2
     assert delay.max_bw == pytest.approx(RATE, rel=0.1)
+
+
+def test_startup_resumes_when_the_delay_was_not_its_own_queue():
+    # A 20 Mbit/s path; while this sender ramps, the peer's data builds a queue on the ACKs'
+    # path (0 to 40 ms, then it drains). The delay signal ends startup far below the link
+    # rate; the next bandwidth probes find more, and startup resumes to the real rate.
+    rate = 4 * RATE
+
+    def reverse(t: float) -> float:  # builds up, stays, drains (never reordering ACKs)
+        return max(0.0, min(0.04, (t - 0.25) * 0.2, 0.04 - (t - 0.8) * 0.2))
+
+    cc = bbr()
+    res = run_path(cc, duration=4.0, rate=rate, reverse_queue=reverse)
+    exits = [i for i, (t, m) in enumerate(res.modes) if m == DRAIN]
+    assert exits and res.modes[exits[0]][0] < 0.8
+    assert res.mode_bw[exits[0]] < 0.6 * rate  # the first exit was far below the link rate
+    assert cc.startup_resumed >= 1
+    assert cc.max_bw == pytest.approx(rate, rel=0.05)
+    # without the reverse queue the same path needs no second startup
+    clean = bbr()
+    run_path(clean, duration=4.0, rate=rate)
+    assert clean.startup_resumed == 0 and clean.max_bw == pytest.approx(rate, rel=0.05)
 
 
 def test_startup_exits_on_congestive_loss():
