@@ -149,7 +149,10 @@ async def _serve(backend, exit_with_stdin: bool) -> int:
               f"time scale {backend.time_scale:g}", flush=True)
         print(f"{READY_MARKER}{backend.url}", flush=True)
         await stop.wait()
-    print("quicgw backend: stopped", file=sys.stderr, flush=True)
+    # One write, so lines of backends stopping together don't interleave (print writes the
+    # newline separately).
+    sys.stderr.write("quicgw backend: stopped\n")
+    sys.stderr.flush()
     return 0
 
 
