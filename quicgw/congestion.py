@@ -59,10 +59,10 @@ Deviations from the draft (BBRv3), and why
 * **Initial window 32 packets** (RFC 9002 says SHOULD 10; ``bbr-iw10`` keeps 10). quic-go,
   the QUIC stack of the poster this project reproduces, starts at 32 packets, as Google's
   QUIC did. Measured on the 3G profile (BDP about 52 packets): a real-time request has
-  400 ms of slack over the fluid bound, and ramping from 10 packets spends about two extra
-  round trips (200 ms) below the link rate; with 10, edf completed 72 % of the real-time
-  class over three seeds, with 32, 100 %. 32 packets is about 0.6 BDP here, and pacing
-  spreads it over the first round trip.
+  400-580 ms of slack over the fluid bound, and ramping from 10 packets spends about two
+  extra round trips (200 ms) below the link rate; with 10, edf completed 72-81 % of the
+  real-time class over three seeds (two runs), with 32, 100 %. 32 packets is about 0.6 BDP
+  here, and pacing spreads it over the first round trip.
 * **HyStart++'s delay exit in startup** (not in the draft; ``bbr-nohystart`` leaves it out):
   with a bottleneck buffer smaller than the BDP (3G: 50 packets), BBR's startup overshoot
   (up to 2 BDP in flight for the three rounds the plateau test needs) overflows it and

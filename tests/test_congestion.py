@@ -64,10 +64,11 @@ def run_path(cc, *, duration: float, loss: float | Callable[[float], float] = 0.
     seconds with an always-backlogged sender (or one whose application writes ``app_rate``
     bytes/s); ``loss`` is a probability or a function of time giving one; ``reverse_queue(t)``
     delays the ACK of a packet arriving at ``t`` (the queue of the peer's data on the ACKs'
-    path, as on a connection carrying data both ways). Every packet is acknowledged on arrival; a packet is declared lost
-    once a packet sent three later is acknowledged (RFC 9002's packet threshold). Pacing: the
-    controller's own pacer if it has one, else aioquic's at cwnd / smoothed RTT, as
-    QuicPacketRecovery does. RTT samples are whole microseconds, as from a real clock."""
+    path, as on a connection carrying data both ways). Every packet is acknowledged on
+    arrival; a packet is declared lost once a packet sent three later is acknowledged (RFC
+    9002's packet threshold). Pacing: the controller's own pacer if it has one, else aioquic's
+    at cwnd / smoothed RTT, as QuicPacketRecovery does. RTT samples are whole microseconds, as
+    from a real clock."""
     rng = random.Random(seed)
     pacer = cc.make_pacer() if hasattr(cc, "make_pacer") else QuicPacketPacer(
         max_datagram_size=MSS)
