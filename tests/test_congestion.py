@@ -441,3 +441,32 @@ def test_in_memory_transfer_under_random_loss_bbr_vs_reno():
     t_reno = _transfer("reno", 0.005)
     assert t_bbr < 1.5 * ideal
     assert t_reno > 1.3 * t_bbr
+
+
+# -- configuration wiring -----------------------------------------------------------------------
+
+
+def test_gateway_config_and_sdk_name_the_congestion_controller():
+    from quicgw.client import AsyncClient
+    from quicgw.config import ConfigError, parse_config
+
+    assert parse_config({}).gateway.congestion_control == "bbr"
+    assert parse_config({"gateway": {"congestion_control": "reno"}}).gateway.congestion_control \
+        == "reno"
+    with pytest.raises(ConfigError, match="congestion_control"):
+        parse_config({"gateway": {"congestion_control": "vegas"}})
+    client = AsyncClient(host="127.0.0.1", port=1, verify=False)
+    assert client._quic_configuration().congestion_control_algorithm == "bbr"
+    client = AsyncClient(host="127.0.0.1", port=1, verify=False, congestion_control="cubic")
+    assert client._quic_configuration().congestion_control_algorithm == "cubic"
+    with pytest.raises(ValueError, match="unknown congestion control"):
+        AsyncClient(host="127.0.0.1", port=1, congestion_control="vegas")
+
+
+def test_netem_experiment_takes_the_congestion_controller():
+    from netem.experiment import parse_args
+
+    assert parse_args(["--quick"]).congestion_control == "bbr"
+    assert parse_args(["--congestion-control", "reno"]).congestion_control == "reno"
+    with pytest.raises(SystemExit):
+        parse_args(["--congestion-control", "vegas"])
