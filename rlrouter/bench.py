@@ -3,7 +3,8 @@
 * ``steps_per_s``: ``env.step`` calls per second of ``rlrouter/LLMRouting-v0`` (made with
   ``gymnasium.make``, default config: poster cluster, mixed workloads, shaped reward), with
   random valid actions, resets included, one process. Only time spent inside ``step``/``reset``
-  counts (the action draw is outside).
+  counts (the action draw is outside). Random actions overload instances (long queues, full
+  batches), the slowest regime; the figure with the shipped policy's actions is printed too.
 * ``decision_us_p50``: median wall time of one ``DQNRouter.route`` call (shared observation
   + numpy forward pass + argmax) on the poster cluster, with the shipped policy.
 
@@ -27,19 +28,26 @@ from rlrouter.routers import DQNRouter
 from rlrouter.sim import Simulator
 
 
-def bench_env(steps: int, seed: int = 0, config: dict | None = None) -> float:
+def bench_env(steps: int, seed: int = 0, config: dict | None = None,
+              policy: DQNRouter | None = None) -> float:
+    """env steps/s; actions random among the valid ones, or the ``policy``'s (its decision
+    time is not counted)."""
     env = gym.make(ENV_ID, config=config or {})
     rng = np.random.default_rng(seed)
     _, info = env.reset(seed=seed)
     valid = np.flatnonzero(info["action_mask"])
     actions = rng.integers(0, 1 << 30, size=steps)
+    sim = env.unwrapped
     n = 0
     spent = 0.0
     clock = time.perf_counter
     gc.disable()
     try:
         while n < steps:
-            a = int(valid[actions[n] % len(valid)])
+            if policy is not None:
+                a = policy.route(sim.sim.request, sim.sim.view)
+            else:
+                a = int(valid[actions[n] % len(valid)])
             t = clock()
             _, _, term, trunc, info = env.step(a)
             if term or trunc:
@@ -79,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="best of this many runs (shared CPUs)")
     args = ap.parse_args(argv)
     sps = max(bench_env(args.steps, seed=r) for r in range(args.repeat))
+    sps_dqn = max(bench_env(args.steps, seed=r, policy=DQNRouter()) for r in range(args.repeat))
     lat = min((bench_decision(args.decisions) for _ in range(args.repeat)),
               key=lambda x: float(np.median(x)))
-    print(f"env: {args.steps} steps, best of {args.repeat}: {sps:,.0f} steps/s")
+    print(f"env: {args.steps} steps, best of {args.repeat}: {sps:,.0f} steps/s with random "
+          f"valid actions, {sps_dqn:,.0f} steps/s with the shipped policy's actions")
     print(f"dqn decision: p50 {np.median(lat):.1f} us, p90 {np.percentile(lat, 90):.1f} us, "
           f"p99 {np.percentile(lat, 99):.1f} us over {len(lat)} decisions")
     print(f"sim: steps_per_s={sps:.0f} decision_us_p50={np.median(lat):.1f}")

@@ -50,10 +50,18 @@ class NumpyQPolicy:
         self._W1i = np.ascontiguousarray(self.W1[GLOBAL_DIM:])
         self._W2h = np.ascontiguousarray(self.W2[:h])
         self._W2c = np.ascontiguousarray(self.W2[h:])
-        # Fast path (every slot up to n present): b1 rides on the "present" feature (exactly 1),
-        # and [W2h | W2c / n] turns the mean pooling into one matmul and a column sum.
-        self._W1i_b = self._W1i.copy()
-        self._W1i_b[0] += self.b1
+        # Fast path (every slot up to n present). Biases ride on the "present" feature, which
+        # is exactly 1: b1 joins its row of W1, and an extra hidden unit that is always 1
+        # carries b2 into the second layer; [W2h | W2c / n] turns the mean pooling into one
+        # matmul and a column sum. ~10 numpy calls per decision.
+        self._W1i_b = np.zeros((INSTANCE_DIM, h + 1), dtype=np.float32)
+        self._W1i_b[:, :h] = self._W1i
+        self._W1i_b[0, :h] += self.b1
+        self._W1i_b[0, h] = 1.0
+        self._W1g_b = np.zeros((GLOBAL_DIM, h + 1), dtype=np.float32)
+        self._W1g_b[:, :h] = self._W1g
+        self._W2h_b = np.concatenate([self._W2h, self.b2[None, :]], axis=0)
+        self._W2c_b = np.concatenate([self._W2c, np.zeros((1, self._h2), np.float32)], axis=0)
         self._W2_by_n: dict[int, np.ndarray] = {}
 
     # -- io ------------------------------------------------------------------------------------
@@ -86,21 +94,22 @@ class NumpyQPolicy:
         w2 = self._W2_by_n.get(n)
         if w2 is None:
             w2 = self._W2_by_n[n] = np.ascontiguousarray(
-                np.concatenate([self._W2h, self._W2c / np.float32(n)], axis=1))
+                np.concatenate([self._W2h_b, self._W2c_b / np.float32(n)], axis=1))
         h = x @ self._W1i_b
-        h += obs[:GLOBAL_DIM] @ self._W1g
+        h += obs[:GLOBAL_DIM] @ self._W1g_b
         np.maximum(h, 0.0, out=h)
         a = h @ w2
         h2 = self._h2
         z = a[:, :h2]
-        z += a[:, h2:].sum(axis=0) + self.b2
+        z += a[:, h2:].sum(axis=0)
         np.maximum(z, 0.0, out=z)
         return z @ self.w3
 
-    def best(self, obs: np.ndarray, n: int) -> int:
-        """The argmax slot among the first ``n`` (the router's hot path)."""
+    def best(self, obs: np.ndarray, n: int, all_present: bool | None = None) -> int:
+        """The argmax slot among the first ``n`` (the router's hot path); ``all_present``
+        (when the caller knows every slot is routable) skips the check."""
         x = obs[GLOBAL_DIM:GLOBAL_DIM + n * INSTANCE_DIM].reshape(n, INSTANCE_DIM)
-        if x[:, 0].min() > 0.5:
+        if all_present or (all_present is None and x[:, 0].min() > 0.5):
             return int(self._q_all_present(obs, x, n).argmax())
         q = self._q_masked(obs, n)
         return -1 if q.max() <= NEG else int(q.argmax())

@@ -92,7 +92,12 @@ class DQNRouter:
         n = len(cluster.instances)
         if n > MAX_INSTANCES:
             raise ValueError(f"the dqn router serves at most {MAX_INSTANCES} instances")
-        best = self.policy.best(observation(request, cluster), n)
+        healthy = True
+        for load in cluster.loads:
+            if not load.healthy:
+                healthy = False
+                break
+        best = self.policy.best(observation(request, cluster), n, healthy)
         if best < 0:
             raise NoInstanceAvailable("no healthy instance")
         return best
