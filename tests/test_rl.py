@@ -343,3 +343,29 @@ def test_shipped_policy_loads_and_beats_naive_baselines_quickly():
     dqn = mean_score(evaluate(lambda: DQNRouter(policy), sc, (1000,)))
     rr = mean_score(evaluate(lambda: baseline_routers()["round-robin"], sc, (1000,)))
     assert dqn > rr
+
+
+def test_shipped_policy_argmax_equals_sb3_with_its_weights():
+    """The shipped numpy policy, loaded into the SB3 Q-network it was exported from, picks the
+    same instance on 1,000 random observations (fast path and masked path alike)."""
+    import torch as th
+
+    policy = NumpyQPolicy.load()
+    h1, h2 = policy.W1.shape[1], policy.W2.shape[1]
+    model = _sb3_model()
+    model = type(model)(type(model.policy), model.env, policy_kwargs={"net_arch": [h1, h2]},
+                        seed=0, device="cpu")
+    q = model.q_net
+    with th.no_grad():
+        q.l1.weight.copy_(th.as_tensor(policy.W1.T))
+        q.l1.bias.copy_(th.as_tensor(policy.b1))
+        q.l2.weight.copy_(th.as_tensor(policy.W2.T))
+        q.l2.bias.copy_(th.as_tensor(policy.b2))
+        q.out.weight.copy_(th.as_tensor(policy.w3[None, :]))
+        q.out.bias.fill_(policy.b3)
+    obs = _random_obs(1000, seed=1)
+    sb3_actions, _ = model.predict(obs, deterministic=True)
+    n_present = (obs[:, GLOBAL_DIM::INSTANCE_DIM][:, :MAX_INSTANCES] > 0.5).sum(axis=1)
+    ours = [policy.best(o, int(k)) for o, k in zip(obs, n_present, strict=True)]
+    assert np.array_equal(np.asarray(ours), sb3_actions)
+    assert np.array_equal(np.argmax(policy.q_values_batch(obs), axis=1), sb3_actions)
