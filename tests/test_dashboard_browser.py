@@ -139,11 +139,13 @@ async def gateway(models: tuple[str, ...], **gateway_fields):
                              "url": b.url, "max_batch": 4})
         config = parse_config({
             "gateway": {"host": "127.0.0.1", "port": 0, "scheduler": "edf", **gateway_fields},
-            # bulk's 300 ms deadline is missed by long answers: attainment below 100 % to show
+            # bulk's 100 ms deadline is missed by long answers whatever the machine's speed (90
+            # tokens on the 70B model take 216 ms of model time at time scale 10): attainment
+            # below 100 % to show
             "classes": [
                 {"name": "realtime", "priority": 0, "deadline_ms": 1800, "urgency": 1},
                 {"name": "free", "priority": 1, "deadline_ms": 1800, "urgency": 3},
-                {"name": "bulk", "priority": 2, "deadline_ms": 300, "urgency": 5},
+                {"name": "bulk", "priority": 2, "deadline_ms": 100, "urgency": 5},
             ],
             "backends": backends,
         })
@@ -254,7 +256,7 @@ async def test_dashboard_charts_show_what_the_gateway_reports(chromium_path, tmp
                         assert got == pytest.approx(want, rel=1e-9), (cls, attr)
             assert finished > 10
             bulk = next(r for r in page["classes"] if r["class"] == "bulk")
-            assert float(bulk["missed"]) > 0, "the 300 ms bulk deadline should be missed"
+            assert float(bulk["missed"]) > 0, "the 100 ms bulk deadline should be missed"
 
             # router decision mix and backends
             names = [row["instance"] for row in page["instances"]]
@@ -283,7 +285,7 @@ async def test_dashboard_charts_show_what_the_gateway_reports(chromium_path, tmp
                 assert int(chart["ink"]) > 100, (chart_id, chart)
             latency = page["charts"]["chart-latency"]
             deadlines = json.loads(latency["last"])[3:]
-            assert deadlines == [1.8, 1.8, 0.3]  # the dashed deadline lines, in seconds
+            assert deadlines == [1.8, 1.8, 0.1]  # the dashed deadline lines, in seconds
 
             # the benchmark browser: the profile and the plan it was given
             await asyncio.to_thread(browser.navigate, f"{gw.url}/dashboard#benchmarks")
