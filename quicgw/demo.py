@@ -164,7 +164,7 @@ async def run_demo(requests: int = 120, rate: float = 8.0, seed: int = 0,
                    scheduler: str = "edf", router: str = "jsq", time_scale: float = 1.0,
                    progress: Callable[[str], None] | None = None) -> DemoResult:
     """Start backends and gateway, run the workload, stop everything; returns the outcome."""
-    from quicgw.backends.process import BackendProcess
+    from quicgw.backends.process import BackendProcess, running_backends
     from quicgw.client import AsyncClient
     from quicgw.config import parse_config
     from quicgw.gateway.server import Gateway
@@ -174,11 +174,7 @@ async def run_demo(requests: int = 120, rate: float = 8.0, seed: int = 0,
     procs = [BackendProcess(model, gpu, time_scale=time_scale, queue_policy="priority")
              for _, model, gpu in DEMO_BACKENDS]
     async with contextlib.AsyncExitStack() as stack:
-        async def stop_all() -> None:
-            await asyncio.gather(*(asyncio.to_thread(p.stop) for p in procs),
-                                 return_exceptions=True)
-        stack.push_async_callback(stop_all)
-        await asyncio.gather(*(asyncio.to_thread(p.start) for p in procs))
+        await stack.enter_async_context(running_backends(procs))
         config = parse_config({
             "gateway": {"host": "127.0.0.1", "port": 0, "scheduler": scheduler,
                         "router": router},

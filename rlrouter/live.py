@@ -35,7 +35,7 @@ from rlrouter.evaluation import Scenario
 
 async def run_live(router: str, scenario: Scenario, seed: int, scheduler: str = "edf",
                    progress=print) -> tuple[ScoreBoard, int]:
-    from quicgw.backends.process import BackendProcess
+    from quicgw.backends.process import BackendProcess, running_backends
     from quicgw.client import APIError, AsyncClient, RequestTimeout
     from quicgw.config import parse_config
     from quicgw.gateway.server import Gateway
@@ -50,11 +50,7 @@ async def run_live(router: str, scenario: Scenario, seed: int, scheduler: str = 
     quality = {i.model: i.quality for i in instances}
     errors = 0
     async with contextlib.AsyncExitStack() as stack:
-        async def stop_all() -> None:
-            await asyncio.gather(*(asyncio.to_thread(p.stop) for p in procs),
-                                 return_exceptions=True)
-        stack.push_async_callback(stop_all)
-        await asyncio.gather(*(asyncio.to_thread(p.start) for p in procs))
+        await stack.enter_async_context(running_backends(procs))
         config = parse_config({
             "gateway": {"host": "127.0.0.1", "port": 0, "scheduler": scheduler,
                         "router": router},

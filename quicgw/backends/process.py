@@ -12,11 +12,13 @@ exits, so no backend outlives the program that started it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import select
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Sequence
 
 from quicgw.backends.cli import READY_MARKER
 
@@ -120,3 +122,14 @@ class BackendProcess:
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.stop)
+
+
+@contextlib.asynccontextmanager
+async def running_backends(procs: Sequence[BackendProcess]) -> AsyncIterator[Sequence[BackendProcess]]:
+    """Start ``procs`` concurrently and stop every one of them on exit, also when a start fails,
+    on error and on cancellation."""
+    try:
+        await asyncio.gather(*(asyncio.to_thread(p.start) for p in procs))
+        yield procs
+    finally:
+        await asyncio.gather(*(asyncio.to_thread(p.stop) for p in procs), return_exceptions=True)
