@@ -224,7 +224,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from quicgw.backends.cli import event_loop_factory
+    from quicgw.runtime import event_loop_factory
 
     if args.requests < 1 or not args.rate > 0 or not args.time_scale > 0:
         print("quicgw demo: --requests must be >= 1, --rate and --time-scale > 0",

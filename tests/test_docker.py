@@ -196,7 +196,7 @@ def test_image_requirements_cover_what_serving_imports():
         "import quicgw.gateway.server, quicgw.gateway.cli, quicgw.backends.cli\n"
         "import quicgw.backends.emulated, quicgw.dashboard.routes, quicgw.dashboard.admin\n"
         "import ilp.profile, ilp.plan\n"
-        "from quicgw.backends.cli import event_loop_factory; event_loop_factory()\n"
+        "from quicgw.runtime import event_loop_factory; event_loop_factory()\n"
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n")
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                        timeout=60, cwd=REPO)

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
-import resource
-import signal
 import sys
 
 from quicgw.core.catalog import CALIBRATION_WORKLOAD, GPUS, MODELS, SIZE_ALIASES
 from quicgw.core.latency import POLICIES
+from quicgw.runtime import event_loop_factory, raise_fd_limit, stop_event
 
 READY_MARKER = "quicgw backend: listening on "
 
@@ -83,24 +80,6 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def raise_fd_limit() -> None:
-    """Allow ~1,000 concurrent connections where the default soft limit is 1,024 files."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else 65536
-    if soft != resource.RLIM_INFINITY and soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-def event_loop_factory():
-    """uvloop's loop when installed (faster sockets and timers), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 def run(args: argparse.Namespace) -> int:
     from quicgw.backends.emulated import EmulatedBackend
 
@@ -123,20 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(backend, exit_with_stdin: bool) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    if exit_with_stdin:
-        def on_stdin() -> None:
-            try:
-                data = os.read(0, 65536)
-            except OSError:
-                data = b""
-            if not data:  # EOF: the parent is gone
-                loop.remove_reader(0)
-                stop.set()
-        loop.add_reader(0, on_stdin)
+    stop = stop_event(exit_with_stdin=exit_with_stdin)
     async with backend:
         lm = backend.latency
         sat = lm.saturation_rps(CALIBRATION_WORKLOAD["input_tokens"],

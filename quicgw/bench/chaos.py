@@ -38,7 +38,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from quicgw.bench.load import GatewayProcess, event_loop_factory, percentile
+from quicgw.bench.load import GatewayProcess, percentile
+from quicgw.runtime import event_loop_factory
 
 MODEL = "llama-3.2-1b"
 CLASSES = ("realtime", "free", "bulk")
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 
     say(f"chaos: {a.requests} requests, {a.concurrency} in flight, {a.backends} backends "
         f"killed and restarted at random (seed {a.seed})")
-    from quicgw.backends.cli import raise_fd_limit
+    from quicgw.runtime import raise_fd_limit
 
     raise_fd_limit()
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:

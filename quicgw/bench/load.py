@@ -39,6 +39,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from quicgw.runtime import event_loop_factory, stop_event
+
 READY = "quicgw-bench-gateway-ready "
 
 
@@ -67,11 +69,6 @@ def percentile(values: list[float], q: float) -> float:
     s = sorted(values)
     k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
     return s[k]
-
-
-def event_loop_factory():
-    from quicgw.backends.cli import event_loop_factory as factory
-    return factory()
 
 
 class GatewayProcess:
@@ -144,16 +141,7 @@ async def _serve_gateway(config_json: str) -> int:
         logging.WARNING if os.environ.get("QUICGW_BENCH_VERBOSE") else logging.ERROR)
     config = parse_config(json.loads(config_json))
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-    def on_stdin() -> None:
-        if not os.read(0, 4096):
-            loop.remove_reader(0)
-            stop.set()
-
-    loop.add_reader(0, on_stdin)
+    stop = stop_event(exit_with_stdin=True)
     async with Gateway(config) as gw:
         loop.add_signal_handler(signal.SIGUSR1, _dump_state, gw)  # kill -USR1: state to stderr
         print(READY + json.dumps({"url": gw.url, "port": gw.port, "cafile": gw.cafile}),
@@ -196,7 +184,7 @@ def _dump_state(gw) -> None:
 
 
 def serve_gateway_main(config_json: str) -> int:
-    from quicgw.backends.cli import raise_fd_limit
+    from quicgw.runtime import raise_fd_limit
 
     raise_fd_limit()
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
@@ -378,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
 
     say(f"load: {a.streams} streams over {a.connections} connections, {a.warmup:g} s warm-up "
         f"+ {a.seconds:g} s measured")
-    from quicgw.backends.cli import raise_fd_limit
+    from quicgw.runtime import raise_fd_limit
 
     raise_fd_limit()
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:

@@ -33,14 +33,14 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 
-from quicgw.bench.load import GatewayProcess, cpu_seconds, event_loop_factory, percentile
+from quicgw.bench.load import GatewayProcess, cpu_seconds, percentile
+from quicgw.runtime import event_loop_factory, stop_event
 
 READY = "quicgw-bench-hypercorn-ready "
 BODY = {"messages": [{"role": "user", "content": "Say ok."}], "max_tokens": 1}
@@ -97,17 +97,7 @@ async def _serve_hypercorn() -> int:
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 1.0
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-    def on_stdin() -> None:
-        if not os.read(0, 4096):
-            loop.remove_reader(0)
-            stop.set()
-
-    loop.add_reader(0, on_stdin)
+    stop = stop_event(exit_with_stdin=True)
     task = asyncio.create_task(serve(trivial_app, config, shutdown_trigger=stop.wait,
                                      mode="asgi"))
     await asyncio.sleep(0.5)

@@ -44,8 +44,8 @@ def _apply_overrides(config, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from quicgw.backends.cli import event_loop_factory, raise_fd_limit
     from quicgw.config import ConfigError, load_config
+    from quicgw.runtime import event_loop_factory, raise_fd_limit
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s: %(message)s")
     # No per-request or per-connection lines at INFO: aioquic logs every connection, httpx every
