@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable
 
 from quicgw.bench.load import GatewayProcess, cpu_seconds, percentile
+from quicgw.gateway.http import serve_lifespan
 from quicgw.runtime import event_loop_factory, stop_event
 
 READY = "quicgw-bench-hypercorn-ready "
@@ -57,13 +58,7 @@ ANSWER = json.dumps({
 
 async def trivial_app(scope, receive, send) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        return await serve_lifespan(receive, send)
     if scope["type"] != "http":
         return
     while True:

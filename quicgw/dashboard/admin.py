@@ -14,6 +14,7 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 
 from quicgw.dashboard.routes import OpsRoutes
+from quicgw.gateway.http import serve_lifespan
 
 log = logging.getLogger("quicgw.admin")
 
@@ -26,13 +27,7 @@ class AdminAsgi:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            return await serve_lifespan(receive, send)
         if scope["type"] != "http":
             return
         endpoint = self.routes.endpoints.get(scope["path"])

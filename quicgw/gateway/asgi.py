@@ -8,9 +8,10 @@ import asyncio
 import logging
 
 from quicgw.gateway.app import GatewayApp
-from quicgw.gateway.http import Headers, error_response
+from quicgw.gateway.http import Headers, error_response, serve_lifespan
 
 log = logging.getLogger("quicgw.gateway.tcp")
+
 
 
 class _AsgiResponder:
@@ -51,13 +52,7 @@ class AsgiAdapter:
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            return await serve_lifespan(receive, send)
         if kind != "http":
             return
         headers: dict[bytes, bytes] = {}

@@ -75,3 +75,14 @@ class Responder(Protocol):
     async def write(self, data: bytes) -> None: ...
 
     async def finish(self) -> None: ...
+
+
+async def serve_lifespan(receive, send) -> None:
+    """Answer an ASGI lifespan scope: nothing to set up or tear down beyond acknowledging."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
