@@ -32,6 +32,7 @@ from aioquic.quic.events import (
     StreamReset,
 )
 
+from quicgw.quic_timer import QuicTimer
 from quicgw.scheduling import ScheduledQuicConnection
 from quicgw.scheduling.h3 import PriorityH3Connection
 
@@ -214,7 +215,7 @@ class ClientStream:
         self._wake()
 
 
-class H3ClientConnection(asyncio.DatagramProtocol):
+class H3ClientConnection(QuicTimer, asyncio.DatagramProtocol):
     def __init__(self, quic: ScheduledQuicConnection) -> None:
         self.loop = asyncio.get_running_loop()
         self.quic = quic
@@ -226,8 +227,6 @@ class H3ClientConnection(asyncio.DatagramProtocol):
         self.closed: asyncio.Future = self.loop.create_future()
         self.terminated = False
         self.close_reason = ""
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
         self._transmit_handle: asyncio.Handle | None = None
 
     # asyncio.DatagramProtocol
@@ -303,9 +302,7 @@ class H3ClientConnection(asyncio.DatagramProtocol):
             self.connected.exception()  # retrieved: a failed connect raises it from connect()
         if not self.closed.done():
             self.closed.set_result(None)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
 
     def transmit_soon(self) -> None:
         if self._transmit_handle is None:
@@ -317,19 +314,10 @@ class H3ClientConnection(asyncio.DatagramProtocol):
             return
         for data, addr in self.quic.datagrams_to_send(now=time.monotonic()):
             self.transport.sendto(data, addr)
-        timer_at = self.quic.get_timer()
-        if self._timer is not None and self._timer_at != timer_at:
-            self._timer.cancel()
-            self._timer = None
-        if self._timer is None and timer_at is not None and not self.terminated:
-            self._timer = self.loop.call_at(timer_at, self._on_timer)
-        self._timer_at = timer_at
+        self._rearm_timer()
 
     def _on_timer(self) -> None:
-        now = max(self._timer_at, time.monotonic())
-        self._timer = None
-        self._timer_at = None
-        self.quic.handle_timer(now=now)
+        self.quic.handle_timer(now=self._timer_fired())
         self._process_events()
         self.transmit()
 
@@ -345,9 +333,7 @@ class H3ClientConnection(asyncio.DatagramProtocol):
 
     def release(self) -> None:
         """Free the socket and timers (the QUIC connection is over or abandoned)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
         if self._transmit_handle is not None:
             self._transmit_handle.cancel()
             self._transmit_handle = None

@@ -66,6 +66,7 @@ from quicgw.core.qos import Priority
 from quicgw.gateway.app import Exchange, GatewayApp
 from quicgw.gateway.classify import Classifier
 from quicgw.gateway.http import Headers, error_response
+from quicgw.quic_timer import QuicTimer
 from quicgw.scheduling import ScheduledQuicConnection
 from quicgw.scheduling.h3 import PriorityH3Connection, PriorityUpdateReceived
 
@@ -328,7 +329,7 @@ class RequestStream:
             self.abort(ErrorCode.H3_REQUEST_CANCELLED)
 
 
-class H3ServerConnection:
+class H3ServerConnection(QuicTimer):
     """One QUIC connection: datagrams in, H3 events to request streams, datagrams out."""
 
     def __init__(self, server: H3Server, quic: ScheduledQuicConnection) -> None:
@@ -340,8 +341,6 @@ class H3ServerConnection:
         self.h3 = PriorityH3Connection(quic, apply_to_scheduler=False)
         self.streams: dict[int, RequestStream] = {}
         self._early_priority: dict[int, Priority] = {}  # PRIORITY_UPDATE before the request
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
         self._transmit_handle: asyncio.Handle | None = None
         self.terminated = False
         # Response bytes written into aioquic's stream buffers (minus those of streams reset
@@ -512,9 +511,7 @@ class H3ServerConnection:
             stream.on_peer_abort()
         self.streams.clear()
         self.unsent_streams.clear()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
         self.server.remove(self)
 
     # -- output ----------------------------------------------------------------------------
@@ -533,18 +530,10 @@ class H3ServerConnection:
                     del self.unsent_streams[sid]
         if self.blocked:
             self._wake_writers()
-        timer_at = self.quic.get_timer()
-        if self._timer is not None and self._timer_at != timer_at:
-            self._timer.cancel()
-            self._timer = None
-        if self._timer is None and timer_at is not None and not self.terminated:
-            self._timer = self.loop.call_at(timer_at, self._on_timer)
-        self._timer_at = timer_at
+        self._rearm_timer()
 
     def _on_timer(self) -> None:
-        now = max(self._timer_at, monotonic())
-        self._timer = None
-        self._timer_at = None
+        now = self._timer_fired()
         try:
             self.quic.handle_timer(now=now)
             self._process_events()
