@@ -246,13 +246,7 @@ def solve(problem: Problem, approach: str = "priority", solver: str = "highs",
     if problem.objective == "instances":
         lp += (pulp.lpSum(n) >= math.ceil(problem.total_rate_rpm / amax - 1e-9), "lb_instances")
     build_s = time.perf_counter() - t0
-    s, display = make_solver(solver, time_limit, msg, threads)
-    t1 = time.perf_counter()
-    lp.solve(s)
-    solve_s = time.perf_counter() - t1
-    status = pulp.LpStatus[lp.status]
-    if lp.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
-        raise InfeasibleProblem(_infeasible_message(problem, approach, status))
+    display, status, solve_s = _solve(lp, problem, approach, solver, time_limit, msg, threads)
     results = []
     for pi, p in enumerate(pools):
         cnt = int(round(n[pi].value() or 0))
@@ -304,6 +298,20 @@ def _count_constraints(problem: Problem, lp: pulp.LpProblem, terms) -> None:
                 expr += [v * (w * lcm // c.per_parent) for v, w in terms(c.name)]
             if expr:
                 lp += (pulp.lpSum(expr) <= g.count * lcm, f"partition_{ti}")
+
+
+def _solve(lp: pulp.LpProblem, problem: Problem, approach: str, solver: str,
+           time_limit: float | None, msg: bool, threads: int | None) -> tuple[str, str, float]:
+    """Solve ``lp`` in place; returns (solver name, status, seconds). A problem with no feasible
+    plan raises :class:`InfeasibleProblem` saying what to change."""
+    s, display = make_solver(solver, time_limit, msg, threads)
+    t1 = time.perf_counter()
+    lp.solve(s)
+    solve_s = time.perf_counter() - t1
+    status = pulp.LpStatus[lp.status]
+    if lp.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+        raise InfeasibleProblem(_infeasible_message(problem, approach, status))
+    return display, status, solve_s
 
 
 def _infeasible_message(problem: Problem, approach: str, status: str) -> str:
@@ -365,13 +373,7 @@ def _solve_per_gpu(problem: Problem, solver: str, time_limit: float | None, msg:
             v2 = pulp.lpSum((j + 1) * G[i + 1, j] for j in range(len(g2.modes)) if (i + 1, j) in G)
             lp += (v1 >= v2, f"sym_{i}")
     build_s = time.perf_counter() - t0
-    s, display = make_solver(solver, time_limit, msg, threads)
-    t1 = time.perf_counter()
-    lp.solve(s)
-    solve_s = time.perf_counter() - t1
-    status = pulp.LpStatus[lp.status]
-    if lp.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
-        raise InfeasibleProblem(_infeasible_message(problem, "priority", status))
+    display, status, solve_s = _solve(lp, problem, "priority", solver, time_limit, msg, threads)
     used = []
     for (i, j), v in G.items():
         if (v.value() or 0) > 0.5:
