@@ -7,6 +7,7 @@ Routers see only a :class:`~quicgw.core.routing.RouteRequest` and a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from quicgw.core.features import MAX_INSTANCES, observation, predicted_latency_s
@@ -25,6 +26,10 @@ from rlrouter.policy import NumpyQPolicy
 # slackfit-tuned's reserve: the fraction of the slack slack-fit keeps in hand, grid-searched on
 # the validation seeds (poster cluster, both workloads): `training/evaluate.py --tune-slackfit`.
 TUNED_MARGIN = 0.6
+# slackfit-class: one reserve per class in class-table order (realtime, free, bulk), grid-searched
+# the same way (`--tune-slackfit`). Most of what a learned router gains over one margin is this
+# class differentiation, so it is the baseline the DQN has to beat.
+TUNED_CLASS_MARGINS: tuple[float, ...] = (0.4, 0.5, 0.7)
 
 
 def _quality(info, task: str) -> float:
@@ -40,14 +45,29 @@ class SlackFitRouter:
     view carries engines (the simulator), else the count-based prediction from live in-flight
     and queued counts (the gateway). Among instances of the chosen model, the one with the
     lowest predicted latency wins; if nothing can meet the deadline, the fastest predicted.
+
+    ``margin`` is the fraction of the slack kept in reserve: one number for every class, or one
+    per class in class-table order (a sequence, or ``"0.4/0.5/0.7"`` as in the gateway's
+    ``router = "slackfit:0.4/0.5/0.7"``; classes past the last entry use the last).
     """
 
     name = "slackfit"
 
-    def __init__(self, margin: float | str = 0.0) -> None:
-        self.margin = float(margin)  # keep this fraction of the slack in reserve
-        if not 0.0 <= self.margin < 1.0:
-            raise ValueError(f"slackfit margin must be in [0, 1), got {self.margin}")
+    def __init__(self, margin: float | str | Sequence[float] = 0.0) -> None:
+        if isinstance(margin, str):
+            margins = tuple(float(x) for x in margin.split("/"))
+        elif isinstance(margin, int | float):
+            margins = (float(margin),)
+        else:
+            margins = tuple(float(x) for x in margin)
+        if not margins or not all(0.0 <= m < 1.0 for m in margins):
+            raise ValueError(f"slackfit margins must be in [0, 1), got {margin!r}")
+        self.margins = margins
+        self.margin = margins[0]  # the one margin when a single number was given
+
+    def margin_for(self, class_index: int) -> float:
+        m = self.margins
+        return m[class_index] if 0 <= class_index < len(m) else m[-1]
 
     def predict(self, request: RouteRequest, cluster: ClusterView, i: int) -> float:
         load = cluster.loads[i]
@@ -58,7 +78,7 @@ class SlackFitRouter:
                                    request.input_tokens, request.output_tokens)
 
     def route(self, request: RouteRequest, cluster: ClusterView) -> int:
-        budget = request.slack_s * (1.0 - self.margin)
+        budget = request.slack_s * (1.0 - self.margin_for(request.class_index))
         best, best_key = -1, None
         fastest, fastest_t = -1, float("inf")
         for i, load in enumerate(cluster.loads):
@@ -114,4 +134,5 @@ def baseline_routers(seed: int = 0) -> dict[str, Router]:
         "jsq": JoinShortestQueueRouter(),
         "slackfit": SlackFitRouter(),
         "slackfit-tuned": SlackFitRouter(TUNED_MARGIN),
+        "slackfit-class": SlackFitRouter(TUNED_CLASS_MARGINS),
     }

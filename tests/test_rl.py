@@ -272,12 +272,20 @@ def test_slackfit_picks_the_most_accurate_model_that_meets_the_deadline():
     small = [i for i, x in enumerate(inst) if x.model == "llama-3.2-1b"][0]
     assert router.route(_request(slack=1.8), sim.view) == large
     assert router.route(_request(slack=0.4), sim.view) == small
+    # Per-class reserves: the same slack is enough for the large model in one class only.
+    per_class = SlackFitRouter((0.0, 0.8))
+    assert per_class.route(_request(slack=1.8, cls=0), sim.view) == large
+    assert per_class.route(_request(slack=1.8, cls=1), sim.view) != large
     # Load the large instance: its engine predicts a miss, the next best model wins.
     eng = sim.engines[large]
     for k in range(64):
         eng.submit(EngineRequest(("x", k), 200, 150, 0.0))
     assert router.route(_request(slack=1.8), sim.view) != large
     assert create_router("slackfit:0.5").margin == 0.5
+    per_class = create_router("slackfit:0.4/0.5/0.7")
+    assert per_class.margins == (0.4, 0.5, 0.7) and per_class.margin_for(7) == 0.7
+    with pytest.raises(ValueError):
+        SlackFitRouter("0.4/1.2")
 
 
 def test_dqn_router_is_registered_and_serves_any_cluster():

@@ -3,7 +3,7 @@
     .venv/bin/python training/evaluate.py              # full: test seeds, both clusters, network table
     .venv/bin/python training/evaluate.py --quick      # < 60 s: fewer seeds, shorter runs
     .venv/bin/python training/evaluate.py --trace azure.csv
-    .venv/bin/python training/evaluate.py --tune-slackfit   # re-derive slackfit-tuned's margin
+    .venv/bin/python training/evaluate.py --tune-slackfit   # re-derive slackfit-tuned's and slackfit-class's margins
 
 Every router runs the same arrivals (same cluster, workload and seed) in the same simulator.
 ``dqn`` is every shipped policy ``rlrouter/policies/dqn_seed*.npz`` (one per training seed),
@@ -35,7 +35,8 @@ from rlrouter.routers import DQNRouter, SlackFitRouter, baseline_routers
 ROOT = Path(__file__).resolve().parents[1]
 POLICY_DIR = ROOT / "rlrouter" / "policies"
 WORKLOADS = ("stable", "unpredictable")
-POSTER_ROUTERS = ("static-large", "static-medium", "slackfit", "slackfit-tuned", "dqn")
+POSTER_ROUTERS = ("static-large", "static-medium", "slackfit", "slackfit-tuned", "slackfit-class",
+                  "dqn")
 
 
 def policy_files(pattern: str | None) -> list[Path]:
@@ -188,18 +189,33 @@ def write_outputs(out_dir: Path, result: dict) -> None:
 
 
 def tune_slackfit(duration: float) -> None:
-    """Grid-search slackfit's reserve margin on the validation seeds (never the test seeds)."""
-    best = None
-    for m in np.round(np.arange(0.0, 0.85, 0.05), 2):
-        scores = {w: mean_score(evaluate(lambda m=m: SlackFitRouter(float(m)),
-                                         Scenario("poster", w, duration), VALIDATION_SEEDS))
-                  for w in WORKLOADS}
-        mean = float(np.mean(list(scores.values())))
-        print(f"margin {m:.2f}: {scores} mean {mean:.4f}", flush=True)
-        if best is None or mean > best[1]:
-            best = (float(m), mean)
-    print(f"best margin {best[0]:.2f} (mean validation score {best[1]:.4f}); "
-          f"set TUNED_MARGIN in rlrouter/routers.py")
+    """Grid-search slackfit's reserve on the validation seeds (never the test seeds): one margin
+    for all classes (slackfit-tuned), then one per class by coordinate ascent from it
+    (slackfit-class)."""
+    grid = [float(m) for m in np.round(np.arange(0.0, 0.9, 0.05), 2)]
+
+    def validation(margins: tuple[float, ...]) -> float:
+        return float(np.mean([mean_score(evaluate(lambda: SlackFitRouter(margins),
+                                                  Scenario("poster", w, duration), VALIDATION_SEEDS))
+                              for w in WORKLOADS]))
+
+    scores = {m: validation((m,)) for m in grid}
+    for m, x in scores.items():
+        print(f"margin {m:.2f}: mean validation score {x:.4f}", flush=True)
+    single = max(scores, key=scores.get)
+    print(f"best single margin {single:.2f} ({scores[single]:.4f}): TUNED_MARGIN", flush=True)
+    n_classes = len(Scenario("poster").arrivals(VALIDATION_SEEDS[0]).class_names)
+    margins, best = [single] * n_classes, scores[single]
+    for _ in range(2):  # two passes of coordinate ascent
+        for c in range(n_classes):
+            for m in grid:
+                trial = tuple(margins[:c] + [m] + margins[c + 1:])
+                x = validation(trial)
+                if x > best + 1e-6:
+                    margins, best = list(trial), x
+                    print(f"margins {'/'.join(f'{v:.2f}' for v in margins)}: {best:.4f}", flush=True)
+    print(f"best per-class margins {'/'.join(f'{v:.2f}' for v in margins)} ({best:.4f}): "
+          f"TUNED_CLASS_MARGINS; set both in rlrouter/routers.py")
 
 
 def main(argv: list[str] | None = None) -> int:
