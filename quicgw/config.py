@@ -96,6 +96,8 @@ class BackendConfig(_Strict):
     # Send vLLM's `priority` field (the class priority) upstream. vLLM refuses it unless started
     # with --scheduling-policy priority; turn it off for engines started without it.
     forward_priority: bool = True
+    # How many times faster than the catalog's model this backend runs (an emulated backend in
+    # compressed time): the routers' latency predictions are scaled by it.
     time_scale: float = Field(default=1.0, gt=0)
 
     @field_validator("model")

@@ -148,3 +148,15 @@ def test_dev_certificate_is_cached_and_signed_by_its_ca(tmp_path):
     cert.verify_directly_issued_by(ca)
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "localhost" in names.get_values_for_type(x509.DNSName)
+
+
+def test_router_latency_model_follows_the_backend_time_scale():
+    from quicgw.core.catalog import latency_model
+    from quicgw.gateway.app import GatewayApp
+
+    config = parse_config({"backends": [{"name": "fast", "model": "llama-3.2-1b",
+                                         "url": "http://127.0.0.1:9", "time_scale": 10}]})
+    info = GatewayApp(config).instances[0].info
+    base = latency_model("llama-3.2-1b", "a100-80gb")
+    assert info.latency.decode_base_s == pytest.approx(base.decode_base_s / 10)
+    assert info.latency.max_batch == base.max_batch

@@ -209,7 +209,9 @@ class GatewayApp:
         self.class_names = tuple(c.name for c in config.class_table)
         self.instances: list[Instance] = []
         for i, b in enumerate(config.backends):
-            lm = latency_model(b.model, b.gpu, b.max_batch)
+            # Routers predict in wall time: a backend running time_scale x faster than the
+            # model (an emulated one in compressed time) finishes time_scale x sooner.
+            lm = latency_model(b.model, b.gpu, b.max_batch).scaled(b.time_scale)
             load = InstanceLoad()
             model = resolve_model(b.model)
             self.instances.append(Instance(
