@@ -245,11 +245,7 @@ class Simulator:
         prio = self._prio[self._cls[k]]
         est = engine.estimate_latency_s(self._inp[k], self._out[k], prio)
         if engine._n_waiting:
-            ahead = 0
-            for _, r in engine._waiting:
-                if r.priority <= prio and not r.cancelled:
-                    ahead += r.input_tokens
-            est += engine.model.prefill_s_per_token * ahead
+            est += engine.model.prefill_s_per_token * engine.queued_ahead(prio)[1]
         return est
 
     def preview(self, index: int) -> float:

@@ -14,6 +14,11 @@ Iteration model (vLLM-style continuous batching, simplified):
   requests are prefilled in the same iteration (mixed batching).
 * Every running request gets one output token at the end of each iteration; a request finishes
   with its last token. TTFT is the end of its first iteration minus its arrival.
+
+Because every running request gains one token per iteration, the engine counts iterations and
+keeps, per running request, the count at which it completes (a heap): completions are found
+without visiting the batch, and fast-forwarding (:meth:`BatchEngine.advance_to`) costs per batch
+change, not per request and token. ``generated`` is brought up to date before it returns.
 """
 
 from __future__ import annotations
@@ -77,9 +82,13 @@ class LatencyModel:
         )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class EngineRequest:
-    """One request inside a :class:`BatchEngine`. Times are on the engine's clock."""
+    """One request inside a :class:`BatchEngine`. Times are on the engine's clock.
+
+    Compared by identity (``eq=False``): two requests are never the same because their fields
+    match, and the engine's list removals stay cheap.
+    """
 
     rid: Hashable
     input_tokens: int
@@ -92,6 +101,8 @@ class EngineRequest:
     finished: float | None = None
     generated: int = 0
     cancelled: bool = False
+    # The engine's iteration count at which the last token lands (set on admission).
+    done_at: int = field(default=0, init=False, repr=False)
 
     @property
     def kv_tokens(self) -> int:
@@ -129,6 +140,13 @@ class BatchEngine:
     _kv_used: int = 0
     _n_waiting: int = 0
     now: float = 0.0
+    # Iterations finished so far, and (done_at, admission order, request) for the running
+    # requests (cancelled ones linger until popped): the next completion is the heap's top.
+    _iters: int = 0
+    _ends: list[tuple[int, int, EngineRequest]] = field(default_factory=list)
+    _admissions: itertools.count = field(default_factory=itertools.count)
+    # Waiting requests per priority: [count, input tokens, output tokens] (for predictions).
+    _queued: dict[int, list[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -155,6 +173,17 @@ class BatchEngine:
         """Waiting requests in service order."""
         return [r for _, r in sorted(self._waiting) if not r.cancelled]
 
+    def queued_ahead(self, priority: float = math.inf) -> tuple[int, int, int]:
+        """(count, input tokens, output tokens) of the waiting requests whose priority value is
+        at most ``priority`` (all of them by default)."""
+        n = inp = out = 0
+        for p, (c, i, o) in self._queued.items():
+            if p <= priority:
+                n += c
+                inp += i
+                out += o
+        return n, inp, out
+
     # -- input ---------------------------------------------------------------------------
     def submit(self, request: EngineRequest) -> None:
         if request.kv_tokens > self.model.kv_capacity_tokens:
@@ -168,6 +197,7 @@ class BatchEngine:
             0, next(self._seq))
         heapq.heappush(self._waiting, (key, request))
         self._n_waiting += 1
+        self._count_queued(request, 1)
 
     def cancel(self, request: EngineRequest) -> None:
         """Drop a waiting or running request; its batch slot and KV are freed at once."""
@@ -176,9 +206,18 @@ class BatchEngine:
         request.cancelled = True
         if request.admitted is None:
             self._n_waiting -= 1
+            self._count_queued(request, -1)
         elif request in self.running:
             self.running.remove(request)
             self._kv_used -= request.kv_tokens
+
+    def _count_queued(self, r: EngineRequest, sign: int) -> None:
+        q = self._queued.get(r.priority)
+        if q is None:
+            q = self._queued[r.priority] = [0, 0, 0]
+        q[0] += sign
+        q[1] += sign * r.input_tokens
+        q[2] += sign * r.output_tokens
 
     # -- stepping (real time: the emulated backend) ----------------------------------------
     def start_iteration(self, now: float) -> Iteration | None:
@@ -204,6 +243,7 @@ class BatchEngine:
             raise RuntimeError("no iteration is running")
         self._current = None
         self.now = it.end
+        self._iters += 1
         done = []
         for r in it.batch:
             if r.cancelled:
@@ -218,6 +258,9 @@ class BatchEngine:
             for r in done:
                 self.running.remove(r)
                 self._kv_used -= r.kv_tokens
+        ends = self._ends
+        while ends and ends[0][0] <= self._iters:  # the ones that finished, or were cancelled
+            heapq.heappop(ends)
         return done
 
     # -- fast-forward (simulation) ---------------------------------------------------------
@@ -225,34 +268,84 @@ class BatchEngine:
         """Run every iteration that ends at or before ``t``; returns the finished requests.
 
         Identical iterations (no admission possible, batch unchanged) are jumped over in one
-        step, so the cost is per batch change, not per token. The result is the same as calling
-        :meth:`start_iteration` / :meth:`finish_iteration` back to back.
+        step (``now += k * step``), and tokens are counted per iteration, not per request
+        (``generated`` is brought up to date on return), so the cost is per batch change. The
+        result is that of calling :meth:`start_iteration` / :meth:`finish_iteration` back to
+        back, up to the rounding of the jumps.
         """
         finished: list[EngineRequest] = []
-        while True:
-            if self._current is None:
-                if not self.busy:
-                    self.now = max(self.now, t)
-                    return finished
-                if self.start_iteration(self.now) is None:
-                    self.now = max(self.now, t)
-                    return finished
-            it = self._current
-            if it.end > t:
+        it = self._current
+        running = self.running
+        if it is None:
+            if not running and not self._n_waiting:
+                self.now = max(self.now, t)
                 return finished
-            finished.extend(self.finish_iteration())
-            if not self.running or self._can_admit():
+            end = None
+        elif it.end > t:
+            return finished
+        else:
+            self._current = None
+            end, admitted = it.end, it.admitted
+        m = self.model
+        tau0, tau1, pre = m.decode_base_s, m.decode_per_seq_s, m.prefill_s_per_token
+        ends = self._ends
+        iters = synced = self._iters
+        now = self.now
+        pop = heapq.heappop
+        while True:
+            if end is None:
+                # Start an iteration at `now` (what start_iteration does, without the copy of
+                # the batch unless it outlasts `t`).
+                if not running and not self._n_waiting:
+                    now = max(now, t)
+                    break
+                self._iters = iters  # _admit stamps done_at from it
+                admitted = self._admit(now)
+                if not running:
+                    now = max(now, t)
+                    break
+                tokens = 0
+                for r in admitted:
+                    tokens += r.input_tokens
+                end = now + ((tau0 + tau1 * len(running)) + pre * tokens)
+                if end > t:
+                    self._current = Iteration(now, end, list(running), admitted)
+                    break
+            # Finish the iteration: every running request gets a token (counted in `iters`).
+            now = end
+            end = None
+            iters += 1
+            for r in admitted:
+                if r.first_token is None and not r.cancelled:
+                    r.first_token = now
+            if ends and ends[0][0] <= iters:
+                while ends and ends[0][0] <= iters:
+                    r = pop(ends)[2]
+                    if r.cancelled:
+                        continue
+                    r.generated = r.output_tokens
+                    r.finished = now
+                    running.remove(r)
+                    self._kv_used -= r.input_tokens + r.output_tokens
+                    finished.append(r)
+            if not running or self._can_admit():
                 continue
             # Steady state: the batch can only change when a running request finishes.
-            step = self.model.decode_step_s(len(self.running))
-            to_completion = min(r.remaining for r in self.running)
-            k = to_completion - 1
+            while ends[0][2].cancelled:
+                pop(ends)
+            step = tau0 + tau1 * len(running)
+            k = ends[0][0] - iters - 1
             if t != math.inf:
-                k = min(k, int((t - self.now) / step))
+                k = min(k, int((t - now) / step))
             if k > 0:
-                for r in self.running:
-                    r.generated += k
-                self.now += k * step
+                iters += k
+                now += k * step
+        self.now = now
+        self._iters = iters
+        if iters != synced:
+            for r in running:
+                r.generated = r.output_tokens - (r.done_at - iters)
+        return finished
 
     def _can_admit(self) -> bool:
         if len(self.running) >= self.model.max_batch:
@@ -269,9 +362,12 @@ class BatchEngine:
         while self._can_admit():
             _, r = heapq.heappop(self._waiting)
             self._n_waiting -= 1
+            self._count_queued(r, -1)
             r.admitted = now
             self.running.append(r)
             self._kv_used += r.kv_tokens
+            r.done_at = self._iters + r.output_tokens - r.generated
+            heapq.heappush(self._ends, (r.done_at, next(self._admissions), r))
             admitted.append(r)
         return admitted
 
@@ -284,25 +380,24 @@ class BatchEngine:
         to make room, then serves it in a batch of the resulting size.
         """
         m = self.model
-        ahead = [
-            r for _, r in self._waiting
-            if not r.cancelled and (self.policy == "fcfs" or r.priority <= priority)
-        ]
-        occupied = len(self.running) + len(ahead)
+        n_ahead, _, out_ahead = self.queued_ahead(
+            math.inf if self.policy == "fcfs" else priority)
+        running = self.running
+        n_run = len(running)
+        occupied = n_run + n_ahead
         batch = min(m.max_batch, occupied + 1)
         step = m.decode_step_s(batch)
         wait = 0.0
         if occupied >= m.max_batch:
             # The slot we get is freed by the (occupied - max_batch + 1)-th completion, counting
             # running requests' remaining tokens, then the ones ahead in line in order.
-            remaining = sorted(r.remaining for r in self.running)
+            remaining = [r.output_tokens - r.generated for r in running]
             need = occupied - m.max_batch + 1
-            pool = remaining + [r.output_tokens for r in ahead]
-            if need <= len(remaining):
-                wait = remaining[need - 1] * step
+            if need <= n_run:
+                wait = sorted(remaining)[need - 1] * step
             else:
                 # Rough: every further slot turns over after an average request's worth of tokens.
-                mean_out = sum(pool) / len(pool)
-                wait = (remaining[-1] if remaining else 0) * step + (
-                    (need - len(remaining)) / m.max_batch) * mean_out * step
+                mean_out = (sum(remaining) + out_ahead) / (n_run + n_ahead)
+                wait = (max(remaining) if remaining else 0) * step + (
+                    (need - n_run) / m.max_batch) * mean_out * step
         return wait + m.prefill_s(input_tokens) + max(output_tokens, 1) * step
