@@ -340,6 +340,12 @@ class BatchEngine:
             if k > 0:
                 iters += k
                 now += k * step
+            # Nothing changed, so the next iteration admits nothing: start it here.
+            admitted = []
+            end = now + (step + pre * 0)
+            if end > t:
+                self._current = Iteration(now, end, list(running), admitted)
+                break
         self.now = now
         self._iters = iters
         if iters != synced:
@@ -348,24 +354,28 @@ class BatchEngine:
         return finished
 
     def _can_admit(self) -> bool:
-        if len(self.running) >= self.model.max_batch:
+        m = self.model
+        if len(self.running) >= m.max_batch:
             return False
-        while self._waiting and self._waiting[0][1].cancelled:
-            heapq.heappop(self._waiting)
-        if not self._waiting:
-            return False
-        head = self._waiting[0][1]
-        return self._kv_used + head.kv_tokens <= self.model.kv_capacity_tokens
+        waiting = self._waiting
+        while waiting:
+            head = waiting[0][1]
+            if not head.cancelled:
+                return self._kv_used + head.input_tokens + head.output_tokens <= m.kv_capacity_tokens
+            heapq.heappop(waiting)
+        return False
 
     def _admit(self, now: float) -> list[EngineRequest]:
-        admitted = []
+        admitted: list[EngineRequest] = []
+        if not self._waiting:
+            return admitted
         while self._can_admit():
             _, r = heapq.heappop(self._waiting)
             self._n_waiting -= 1
             self._count_queued(r, -1)
             r.admitted = now
             self.running.append(r)
-            self._kv_used += r.kv_tokens
+            self._kv_used += r.input_tokens + r.output_tokens
             r.done_at = self._iters + r.output_tokens - r.generated
             heapq.heappush(self._ends, (r.done_at, next(self._admissions), r))
             admitted.append(r)
