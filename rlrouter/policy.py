@@ -26,6 +26,7 @@ from quicgw.core.features import GLOBAL_DIM, INSTANCE_DIM, MAX_INSTANCES
 POLICY_DIR = "policies"
 DEFAULT_POLICY = "dqn.npz"
 NEG = np.float32(-1e9)
+_dot, _add, _maximum = np.dot, np.add, np.maximum
 
 
 class NumpyQPolicy:
@@ -62,7 +63,10 @@ class NumpyQPolicy:
         self._W1g_b[:, :h] = self._W1g
         self._W2h_b = np.concatenate([self._W2h, self.b2[None, :]], axis=0)
         self._W2c_b = np.concatenate([self._W2c, np.zeros((1, self._h2), np.float32)], axis=0)
-        self._W2_by_n: dict[int, np.ndarray] = {}
+        # Per slot count n: the fused second-layer weights and preallocated buffers for every
+        # intermediate (`out=` everywhere: no allocation per decision). Reused across calls, so
+        # one policy object must not run two forward passes at once (threads).
+        self._work: dict[int, tuple[np.ndarray, ...]] = {}
 
     # -- io ------------------------------------------------------------------------------------
     @classmethod
@@ -84,35 +88,55 @@ class NumpyQPolicy:
     # -- forward -------------------------------------------------------------------------------
     def q_values(self, obs: np.ndarray, n: int = MAX_INSTANCES) -> np.ndarray:
         """Q-values of the first ``n`` instance slots of one flat observation (absent: -1e9)."""
+        if obs.dtype != np.float32:  # the observation's own dtype (the buffers are float32)
+            obs = obs.astype(np.float32)
         x = obs[GLOBAL_DIM:GLOBAL_DIM + n * INSTANCE_DIM].reshape(n, INSTANCE_DIM)
         if n and x[:, 0].min() > 0.5:
-            return self._q_all_present(obs, x, n) + self.b3
+            return self._q_all_present(obs[:GLOBAL_DIM], x, n) + self.b3
         return self._q_masked(obs, n)
 
-    def _q_all_present(self, obs: np.ndarray, x: np.ndarray, n: int) -> np.ndarray:
-        """Q-values (without b3) when the first ``n`` slots are all present: ~12 numpy calls."""
-        w2 = self._W2_by_n.get(n)
-        if w2 is None:
-            w2 = self._W2_by_n[n] = np.ascontiguousarray(
-                np.concatenate([self._W2h_b, self._W2c_b / np.float32(n)], axis=1))
-        h = x @ self._W1i_b
-        h += obs[:GLOBAL_DIM] @ self._W1g_b
-        np.maximum(h, 0.0, out=h)
-        a = h @ w2
-        h2 = self._h2
-        z = a[:, :h2]
-        z += a[:, h2:].sum(axis=0)
-        np.maximum(z, 0.0, out=z)
-        return z @ self.w3
+    def _workspace(self, n: int) -> tuple[np.ndarray, ...]:
+        h1, h2 = self._W1i_b.shape[1], self._h2
+        w2 = np.ascontiguousarray(np.concatenate([self._W2h_b, self._W2c_b / np.float32(n)], axis=1))
+        h = np.empty((n, h1), np.float32)
+        a = np.empty((n, 2 * h2), np.float32)
+        ws = (w2, h, np.empty(h1, np.float32), a, a[:, :h2], a[:, h2:], np.empty(h2, np.float32),
+              np.empty(n, np.float32))
+        self._work[n] = ws
+        return ws
+
+    def _q_all_present(self, g: np.ndarray, x: np.ndarray, n: int) -> np.ndarray:
+        """Q-values (without b3) when the first ``n`` slots are all present, from the global
+        features ``g`` and the (n, INSTANCE_DIM) slot features ``x``: 9 numpy calls, no
+        allocation. The result is a buffer the next call overwrites."""
+        ws = self._work.get(n) or self._workspace(n)
+        w2, h, gw, a, z, c, csum, q = ws
+        _dot(x, self._W1i_b, out=h)
+        _dot(g, self._W1g_b, out=gw)
+        _add(h, gw, out=h)
+        _maximum(h, 0.0, out=h)
+        _dot(h, w2, out=a)
+        _add.reduce(c, axis=0, out=csum)  # the mean pooling (W2c is pre-divided by n)
+        _add(z, csum, out=z)
+        _maximum(z, 0.0, out=z)
+        _dot(z, self.w3, out=q)
+        return q
 
     def best(self, obs: np.ndarray, n: int, all_present: bool | None = None) -> int:
         """The argmax slot among the first ``n`` (the router's hot path); ``all_present``
         (when the caller knows every slot is routable) skips the check."""
+        if obs.dtype != np.float32:
+            obs = obs.astype(np.float32)
         x = obs[GLOBAL_DIM:GLOBAL_DIM + n * INSTANCE_DIM].reshape(n, INSTANCE_DIM)
         if all_present or (all_present is None and x[:, 0].min() > 0.5):
-            return int(self._q_all_present(obs, x, n).argmax())
+            return int(self._q_all_present(obs[:GLOBAL_DIM], x, n).argmax())
         q = self._q_masked(obs, n)
         return -1 if q.max() <= NEG else int(q.argmax())
+
+    def best_all_present(self, g: np.ndarray, x: np.ndarray) -> int:
+        """:meth:`best` when every slot of ``x`` is routable, from views the caller keeps (the
+        global features and the (n, INSTANCE_DIM) slot block of an observation buffer)."""
+        return int(self._q_all_present(g, x, len(x)).argmax())
 
     def _q_masked(self, obs: np.ndarray, n: int) -> np.ndarray:
         g = obs[:GLOBAL_DIM]

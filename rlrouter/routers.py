@@ -10,7 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from quicgw.core.features import MAX_INSTANCES, observation, predicted_latency_s
+import numpy as np
+
+from quicgw.core.features import (
+    GLOBAL_DIM,
+    INSTANCE_DIM,
+    MAX_INSTANCES,
+    OBS_DIM,
+    observation_into,
+    predicted_latency_s,
+)
 from quicgw.core.routing import (
     ClusterView,
     JoinShortestQueueRouter,
@@ -100,27 +109,37 @@ class SlackFitRouter:
 
 class DQNRouter:
     """The learned router: the exported Q-network scores every instance from the shared
-    observation; the best-scoring healthy instance wins. Torch-free."""
+    observation; the best-scoring healthy instance wins. Torch-free.
+
+    The observation is written into a buffer the router keeps (with views of its global part
+    and instance block per cluster size), so a decision allocates nothing; one router object
+    serves one decision at a time.
+    """
 
     name = "dqn"
 
     def __init__(self, policy: str | Path | NumpyQPolicy | None = None) -> None:
         self.policy = policy if isinstance(policy, NumpyQPolicy) else NumpyQPolicy.load(policy)
-        self._obs = None
+        self._obs = np.zeros(OBS_DIM, dtype=np.float32)
+        self._views: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def route(self, request: RouteRequest, cluster: ClusterView) -> int:
         n = len(cluster.instances)
         if n > MAX_INSTANCES:
             raise ValueError(f"the dqn router serves at most {MAX_INSTANCES} instances")
-        healthy = True
+        obs = self._obs
+        observation_into(request, cluster, obs)  # slots past n are never read
         for load in cluster.loads:
             if not load.healthy:
-                healthy = False
-                break
-        best = self.policy.best(observation(request, cluster), n, healthy)
-        if best < 0:
-            raise NoInstanceAvailable("no healthy instance")
-        return best
+                best = self.policy.best(obs, n, False)
+                if best < 0:
+                    raise NoInstanceAvailable("no healthy instance")
+                return best
+        views = self._views.get(n)
+        if views is None:
+            views = self._views[n] = (obs[:GLOBAL_DIM], obs[GLOBAL_DIM:GLOBAL_DIM + n * INSTANCE_DIM]
+                                      .reshape(n, INSTANCE_DIM))
+        return self.policy.best_all_present(*views)
 
 
 def baseline_routers(seed: int = 0) -> dict[str, Router]:

@@ -3,7 +3,9 @@
 * ``BatchEngine.advance_to`` (tokens counted per iteration, not per request) against its rule
   applied request by request with ``start_iteration`` / ``finish_iteration``, with priorities
   and cancellations;
-* the engine's queue totals and latency prediction against the waiting list itself.
+* the engine's queue totals and latency prediction against the waiting list itself;
+* the observation (and the router's buffered copy of it) against the feature definitions;
+* the dqn router's decision against the argmax of the policy's Q-values.
 """
 
 from __future__ import annotations
@@ -11,10 +13,34 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import pytest
 
 from quicgw.core.catalog import latency_model
+from quicgw.core.features import (  # _values: the float64 entries, before packing
+    GLOBAL_DIM,
+    GLOBAL_FEATURES,
+    INSTANCE_DIM,
+    INSTANCE_FEATURES,
+    MAX_CLASSES,
+    MAX_INSTANCES,
+    MAX_WEIGHT,
+    N_WINDOWS,
+    OBS_DIM,
+    RATIO_CLIP,
+    REF_INPUT_TOKENS,
+    REF_OUTPUT_TOKENS,
+    _values,
+    observation,
+    observation_into,
+    predicted_latency_s,
+)
 from quicgw.core.latency import BatchEngine, EngineRequest
+from quicgw.core.routing import ClusterView, InstanceLoad, NoInstanceAvailable, RouteRequest
+from rlrouter.evaluation import Scenario
+from rlrouter.policy import NEG, NumpyQPolicy
+from rlrouter.routers import DQNRouter
+from rlrouter.sim import Simulator
 
 
 def _state(reqs: list[EngineRequest]) -> list[tuple]:
@@ -121,3 +147,125 @@ def test_queue_totals_and_prediction_follow_the_waiting_list(policy: str) -> Non
         for p in (0, 1, 2):
             args = (rng.randint(1, 3000), rng.randint(0, 300), p)
             assert engine.estimate_latency_s(*args) == _estimate_reference(engine, *args)
+
+
+# -- observation and decision -----------------------------------------------------------------
+
+def _clip(x: float, lo: float = 0.0) -> float:
+    return lo if x < lo else 1.0 if x > 1.0 else x
+
+
+def _observation_reference(req: RouteRequest, view: ClusterView) -> list[float]:
+    """The observation's entries for the instances present (float64, before the float32
+    packing), feature by feature and by name from GLOBAL_FEATURES / INSTANCE_FEATURES: the
+    formulas of quicgw.core.features, written out plainly."""
+    n = len(view.instances)
+    caps = [i.latency.saturation_rps(REF_INPUT_TOKENS, REF_OUTPUT_TOKENS) for i in view.instances]
+    cap = sum(caps) or 1.0
+    dl = req.deadline_s if req.deadline_s > 0 else 1.0
+    out = max(req.output_tokens, 1)
+    healthy = [ld.healthy for ld in view.loads]
+    qual = [i.quality.get(req.task, min(i.quality.values())) for i in view.instances]
+    qmax = max((q for q, h in zip(qual, healthy, strict=True) if h), default=0.0)
+    rows = []
+    for info, load, q, share in zip(view.instances, view.loads, qual, caps, strict=True):
+        if not load.healthy:
+            rows.append(dict.fromkeys(INSTANCE_FEATURES, 0.0))
+            continue
+        m = info.latency
+        est = predicted_latency_s(info, load.in_flight, load.queued, req.input_tokens, out)
+        pre = m.prefill_s(req.input_tokens)
+        full = pre + out * m.decode_step_s(m.max_batch)
+        rows.append({
+            "present": 1.0, "quality": q, "quality_gap": max(q - qmax, -1.0),
+            "isolated_latency": _clip((pre + out * m.decode_step_s(1)) * (1 / dl / RATIO_CLIP)),
+            "full_batch_latency": _clip(full * (1 / dl / RATIO_CLIP)),
+            "in_flight": _clip(load.in_flight / m.max_batch),
+            "queued": _clip(load.queued / m.max_batch / RATIO_CLIP),
+            "predicted_latency": _clip(est / req.slack_s / RATIO_CLIP) if req.slack_s > 0 else 1.0,
+            "fits": float(est <= req.slack_s),
+            "margin": _clip((req.slack_s - est) * (1 / dl), -1.0),
+            "capacity_share": share / cap,
+            "tail_latency": _clip((est + full - pre) * (1 / dl / RATIO_CLIP)),
+        })
+    g = dict.fromkeys(GLOBAL_FEATURES, 0.0)
+    if 0 <= req.class_index < MAX_CLASSES:
+        g[f"class_{req.class_index}"] = 1.0
+    g["weight"] = _clip(req.weight / MAX_WEIGHT)
+    g["slack_frac"] = _clip(req.slack_s * (1 / dl), -1.0)
+    g["deadline_s"] = _clip(dl / 5.0)
+    g["log_input_tokens"] = _clip(math.log1p(req.input_tokens) / math.log1p(8192))
+    g["log_output_tokens"] = _clip(math.log1p(out) / math.log1p(2048))
+    k = 1.0 / (2.0 * cap)
+    totals = [0.0] * N_WINDOWS
+    for c, rates in enumerate(view.rates.values()):
+        for w in range(N_WINDOWS):
+            totals[w] += rates[w] * k
+            if c < MAX_CLASSES:
+                g[f"rate_c{c}_w{w}"] = _clip(rates[w] * k)
+    for w in range(N_WINDOWS):
+        g[f"rate_total_w{w}"] = _clip(totals[w])
+    present = [r for r in rows if r["present"]]
+    fit = [r["quality"] for r in present if r["fits"]]
+    mb = sum(i.latency.max_batch for i, h in zip(view.instances, healthy, strict=True) if h)
+    g["n_instances"] = n / MAX_INSTANCES
+    g["best_fit_quality"] = max(fit, default=0.0)
+    g["fit_fraction"] = len(fit) / len(present) if present else 0.0
+    if mb:
+        g["cluster_in_flight"] = sum(ld.in_flight for ld in view.loads if ld.healthy) / mb
+        g["cluster_queued"] = _clip(sum(ld.queued for ld in view.loads if ld.healthy) / mb
+                                    / RATIO_CLIP)
+    return list(g.values()) + [v for r in rows for v in r.values()]
+
+
+def _random_states(count: int, seed: int):
+    """(request, view) pairs from simulator runs, with loads and health scrambled."""
+    rng = random.Random(seed)
+    router = DQNRouter()
+    for cluster in ("poster", "unseen", "small*2,large@h100-80gb*14", "medium@a10g-24gb"):
+        sc = Scenario(cluster, rng.choice(["stable", "unpredictable"]), 20.0)
+        sim = Simulator(sc.instances, sc.arrivals(rng.randrange(1000)))
+        while not sim.done and count > 0:
+            req, view = sim.request, sim.view
+            sim.route(router.route(req, view))
+            if rng.random() < 0.2:
+                continue
+            count -= 1
+            loads = [InstanceLoad(rng.randint(0, 60), rng.choice([0, rng.randint(0, 300)]),
+                                  rng.random() < 0.9) for _ in view.loads]
+            scrambled = ClusterView(view.instances, loads, view.now, view.rates)
+            yield req, rng.choice([view, scrambled])
+
+
+def test_observation_equals_the_feature_definitions():
+    compared = 0
+    for req, view in _random_states(600, seed=1):
+        ref = _observation_reference(req, view)
+        assert _values(req, view) == ref  # float64, before the float32 rounding hides slips
+        obs = observation(req, view)
+        padded = np.zeros(OBS_DIM, np.float32)
+        padded[:len(ref)] = ref
+        assert obs.dtype == np.float32 and np.array_equal(obs, padded)
+        n = len(view.instances)
+        buf = np.full(OBS_DIM, 9.0, np.float32)  # observation_into leaves the padding alone
+        assert observation_into(req, view, buf) == n
+        m = GLOBAL_DIM + n * INSTANCE_DIM
+        assert np.array_equal(buf[:m], obs[:m]) and np.all(buf[m:] == 9.0)
+        compared += 1
+    assert compared == 600
+
+
+def test_dqn_decision_is_the_argmax_of_q_values():
+    """DQNRouter.route (buffered observation, fused forward) picks what the plain path picks:
+    argmax of NumpyQPolicy.q_values(observation(...)) over the healthy slots."""
+    policy = NumpyQPolicy.load()
+    router = DQNRouter(policy)
+    for req, view in _random_states(1500, seed=2):
+        n = len(view.instances)
+        healthy = np.array([ld.healthy for ld in view.loads])
+        if not healthy.any():
+            with pytest.raises(NoInstanceAvailable):
+                router.route(req, view)
+            continue
+        q = policy.q_values(observation(req, view), n)
+        assert router.route(req, view) == int(np.argmax(np.where(healthy, q, NEG)))

@@ -19,6 +19,7 @@ policy serves any cluster of up to :data:`MAX_INSTANCES` instances.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -42,7 +43,8 @@ class RateEstimator:
     """
 
     windows: tuple[float, ...] = RATE_WINDOWS_S
-    _rates: dict[str, list[float]] = field(default_factory=dict)
+    # Immutable per key (rebuilt on each update), so snapshots can share them.
+    _rates: dict[str, tuple[float, ...]] = field(default_factory=dict)
     _now: float | None = None
 
     def _decay(self, now: float) -> None:
@@ -52,30 +54,38 @@ class RateEstimator:
             return
         dt = now - last
         if dt > 0.0:
-            factors = [math.exp(-dt / w) for w in self.windows]
-            for rates in self._rates.values():
-                for i, f in enumerate(factors):
-                    rates[i] *= f
+            got = self._rates
+            windows = self.windows
+            if len(windows) == 3:  # the default, unrolled (this runs once per routed request)
+                w0, w1, w2 = windows
+                f0, f1, f2 = math.exp(-dt / w0), math.exp(-dt / w1), math.exp(-dt / w2)
+                for key, (r0, r1, r2) in got.items():
+                    got[key] = (r0 * f0, r1 * f1, r2 * f2)
+            else:
+                factors = [math.exp(-dt / w) for w in windows]
+                for key, rates in got.items():
+                    got[key] = tuple([r * f for r, f in zip(rates, factors, strict=True)])
             self._now = now
 
     def observe(self, key: str, now: float) -> None:
         self._decay(now)
-        rates = self._rates.get(key)
-        if rates is None:
-            rates = self._rates[key] = [0.0] * len(self.windows)
-        for i, w in enumerate(self.windows):
-            rates[i] += 1.0 / w
+        windows = self.windows
+        rates = self._rates.get(key) or (0.0,) * len(windows)
+        if len(windows) == 3:
+            self._rates[key] = (rates[0] + 1.0 / windows[0], rates[1] + 1.0 / windows[1],
+                                rates[2] + 1.0 / windows[2])
+        else:
+            self._rates[key] = tuple([r + 1.0 / w for r, w in zip(rates, windows, strict=True)])
 
     def rates(self, key: str, now: float) -> tuple[float, ...]:
         self._decay(now)
-        rates = self._rates.get(key)
-        return tuple(rates) if rates is not None else (0.0,) * len(self.windows)
+        return self._rates.get(key) or (0.0,) * len(self.windows)
 
     def all_rates(self, keys: Iterable[str], now: float) -> dict[str, tuple[float, ...]]:
         self._decay(now)
         zero = (0.0,) * len(self.windows)
         got = self._rates
-        return {k: tuple(got[k]) if k in got else zero for k in keys}
+        return {k: got.get(k, zero) for k in keys}
 
 
 # -- the observation ------------------------------------------------------------------------
@@ -128,7 +138,8 @@ OBS_HIGH = 1.0
 
 _LOG_IN = math.log1p(8192)
 _LOG_OUT = math.log1p(2048)
-_ZEROS: list[float] = [0.0] * OBS_DIM
+_ZERO_ROW: tuple[float, ...] = (0.0,) * INSTANCE_DIM
+_ZERO_RATES: list[float] = [0.0] * (MAX_CLASSES * N_WINDOWS)
 
 
 @dataclass(slots=True)
@@ -136,26 +147,20 @@ class _Static:
     """Per-cluster constants, computed once per instance list."""
 
     instances: Sequence[InstanceInfo]
-    tau0: list[float]
-    tau1: list[float]
-    prefill: list[float]
-    max_batch: list[int]
-    share: list[float]
+    # Per instance: decode_base_s, decode_per_seq_s, prefill_s_per_token, max_batch, capacity
+    # share, decode step alone (base + per_seq), decode step in a full batch.
+    rows: list[tuple[float, float, float, int, float, float, float]]
     capacity_rps: float
+    rate_scale: float  # rates are read relative to half the cluster's nominal capacity
     _quality: dict[str, tuple[list[float], float]] = field(default_factory=dict)
 
-    def _task(self, task: str) -> tuple[list[float], float]:
+    def task(self, task: str) -> tuple[list[float], float]:
+        """(quality per instance, best quality) for a task."""
         got = self._quality.get(task)
         if got is None:
             qs = [i.quality.get(task, min(i.quality.values())) for i in self.instances]
             got = self._quality[task] = (qs, max(qs, default=0.0))
         return got
-
-    def quality(self, task: str) -> list[float]:
-        return self._task(task)[0]
-
-    def qmax(self, task: str) -> float:
-        return self._task(task)[1]
 
 
 _static_cache: dict[int, _Static] = {}
@@ -170,15 +175,13 @@ def _static(instances: Sequence[InstanceInfo]) -> _Static:
         raise ValueError(f"the observation holds at most {MAX_INSTANCES} instances, got {len(instances)}")
     caps = [i.latency.saturation_rps(REF_INPUT_TOKENS, REF_OUTPUT_TOKENS) for i in instances]
     total = sum(caps) or 1.0
-    st = _Static(
-        instances,
-        [i.latency.decode_base_s for i in instances],
-        [i.latency.decode_per_seq_s for i in instances],
-        [i.latency.prefill_s_per_token for i in instances],
-        [i.latency.max_batch for i in instances],
-        [c / total for c in caps],
-        total,
-    )
+    rows = []
+    for i, cap in zip(instances, caps, strict=True):
+        m = i.latency
+        rows.append((m.decode_base_s, m.decode_per_seq_s, m.prefill_s_per_token, m.max_batch,
+                     cap / total, m.decode_base_s + m.decode_per_seq_s,
+                     m.decode_base_s + m.decode_per_seq_s * m.max_batch))
+    st = _Static(instances, rows, total, 1.0 / (2.0 * total))
     if len(_static_cache) > 64:
         _static_cache.clear()
     _static_cache[key] = st
@@ -209,12 +212,9 @@ def predicted_latency_s(info: InstanceInfo, in_flight: int, queued: int, input_t
                     in_flight + queued, max(output_tokens, 1))
 
 
-def observation(request: RouteRequest, cluster: ClusterView) -> np.ndarray:
-    """The router observation (see the module docstring for the layout).
-
-    ``cluster.rates`` maps class name -> rate estimates over :data:`RATE_WINDOWS_S`, in class
-    table order (priority order); the i-th entry fills class slot i.
-    """
+def _values(request: RouteRequest, cluster: ClusterView) -> list[float]:
+    """The observation's first ``GLOBAL_DIM + n * INSTANCE_DIM`` entries (n instances), as
+    Python floats: the one definition of the features (see the module docstring)."""
     instances = cluster.instances
     loads = cluster.loads
     st = _static(instances)
@@ -224,112 +224,121 @@ def observation(request: RouteRequest, cluster: ClusterView) -> np.ndarray:
     slack = request.slack_s
     inp = request.input_tokens
     outp = request.output_tokens if request.output_tokens > 0 else 1
-    v = _ZEROS[:GLOBAL_DIM + n * INSTANCE_DIM]
 
-    # -- global block (indices follow GLOBAL_FEATURES) --
-    ci = request.class_index
-    if 0 <= ci < MAX_CLASSES:
-        v[ci] = 1.0
-    x = request.weight / MAX_WEIGHT
-    v[4] = 0.0 if x < 0.0 else 1.0 if x > 1.0 else x
-    x = slack * inv_dl
-    v[5] = -1.0 if x < -1.0 else 1.0 if x > 1.0 else x
-    x = deadline / 5.0
-    v[6] = 1.0 if x > 1.0 else x
-    x = math.log1p(inp) / _LOG_IN
-    v[7] = 1.0 if x > 1.0 else x
-    x = math.log1p(outp) / _LOG_OUT
-    v[8] = 1.0 if x > 1.0 else x
-    k = 1.0 / (2.0 * st.capacity_rps)
-    t0 = t1 = t2 = 0.0
-    j = 9
-    for c, rates in enumerate(cluster.rates.values()):
-        r0, r1, r2 = rates[0] * k, rates[1] * k, rates[2] * k
-        t0 += r0
-        t1 += r1
-        t2 += r2
-        if c < MAX_CLASSES:
-            v[j] = 1.0 if r0 > 1.0 else r0
-            v[j + 1] = 1.0 if r1 > 1.0 else r1
-            v[j + 2] = 1.0 if r2 > 1.0 else r2
-            j += N_WINDOWS
-    j = 9 + MAX_CLASSES * N_WINDOWS
-    v[j] = 1.0 if t0 > 1.0 else t0
-    v[j + 1] = 1.0 if t1 > 1.0 else t1
-    v[j + 2] = 1.0 if t2 > 1.0 else t2
-    j += N_WINDOWS
-    v[j] = n / MAX_INSTANCES
-
-    # -- instance blocks (indices follow INSTANCE_FEATURES) --
-    qualities = st.quality(request.task)
-    all_healthy = True
+    # -- instance blocks (order follows INSTANCE_FEATURES) --
+    qualities, qmax = st.task(request.task)
     for load in loads:
         if not load.healthy:
-            all_healthy = False
+            qmax = max((q for q, ld in zip(qualities, loads, strict=True) if ld.healthy),
+                       default=0.0)
             break
-    if all_healthy:
-        qmax = st.qmax(request.task)
-    else:
-        qmax = max((q for q, ld in zip(qualities, loads, strict=True) if ld.healthy), default=0.0)
     best_fit = 0.0
     n_fit = n_present = tot_in = tot_q = tot_mb = 0
-    tau0, tau1, pre, mbs, share = st.tau0, st.tau1, st.prefill, st.max_batch, st.share
     inv_rc = inv_dl / RATIO_CLIP
-    o = GLOBAL_DIM
+    rows: list[float] = []
     for i in range(n):
         load = loads[i]
         if not load.healthy:
-            o += INSTANCE_DIM
+            rows += _ZERO_ROW
             continue
+        a, b, pre, mb, share, step1, step_full = st.rows[i]
         n_present += 1
-        mb = mbs[i]
         fl = load.in_flight
         qd = load.queued
         tot_in += fl
         tot_q += qd
         tot_mb += mb
-        prefill = pre[i] * inp
-        a, b = tau0[i], tau1[i]
+        prefill = pre * inp
         est = _predict(a, b, mb, prefill, fl + qd, outp)
-        full = prefill + outp * (a + b * mb)
+        full = prefill + outp * step_full
         q = qualities[i]
-        v[o] = 1.0
-        v[o + 1] = q
-        v[o + 2] = q - qmax if q - qmax > -1.0 else -1.0
-        x = (prefill + outp * (a + b)) * inv_rc
-        v[o + 3] = 1.0 if x > 1.0 else x
-        x = full * inv_rc
-        v[o + 4] = 1.0 if x > 1.0 else x
-        x = fl / mb
-        v[o + 5] = 1.0 if x > 1.0 else x
-        x = qd / mb / RATIO_CLIP
-        v[o + 6] = 1.0 if x > 1.0 else x
+        gap = q - qmax
+        x3 = (prefill + outp * step1) * inv_rc
+        x4 = full * inv_rc
+        x5 = fl / mb
+        x6 = qd / mb / RATIO_CLIP
         if slack > 0:
-            x = est / slack / RATIO_CLIP
-            v[o + 7] = 1.0 if x > 1.0 else x
+            x7 = est / slack / RATIO_CLIP
+            if x7 > 1.0:
+                x7 = 1.0
         else:
-            v[o + 7] = 1.0
+            x7 = 1.0
         if est <= slack:
-            v[o + 8] = 1.0
+            fits = 1.0
             n_fit += 1
             if q > best_fit:
                 best_fit = q
-        x = (slack - est) * inv_dl
-        v[o + 9] = -1.0 if x < -1.0 else 1.0 if x > 1.0 else x
-        v[o + 10] = share[i]
-        x = (est + full - prefill) * inv_rc
-        v[o + 11] = 1.0 if x > 1.0 else x
-        o += INSTANCE_DIM
-    v[j + 1] = best_fit
-    if n_present:
-        v[j + 2] = n_fit / n_present
-    if tot_mb:
-        v[j + 3] = tot_in / tot_mb
-        x = tot_q / tot_mb / RATIO_CLIP
-        v[j + 4] = 1.0 if x > 1.0 else x
+        else:
+            fits = 0.0
+        x9 = (slack - est) * inv_dl
+        x11 = (est + full - prefill) * inv_rc
+        rows += (1.0, q, gap if gap > -1.0 else -1.0, 1.0 if x3 > 1.0 else x3,
+                 1.0 if x4 > 1.0 else x4, 1.0 if x5 > 1.0 else x5, 1.0 if x6 > 1.0 else x6, x7,
+                 fits, -1.0 if x9 < -1.0 else 1.0 if x9 > 1.0 else x9, share,
+                 1.0 if x11 > 1.0 else x11)
+
+    # -- global block (order follows GLOBAL_FEATURES) --
+    k = st.rate_scale
+    t0 = t1 = t2 = 0.0
+    rates_c: list[float] = []
+    for rates in cluster.rates.values():
+        r0, r1, r2 = rates[0] * k, rates[1] * k, rates[2] * k
+        t0 += r0
+        t1 += r1
+        t2 += r2
+        rates_c += (1.0 if r0 > 1.0 else r0, 1.0 if r1 > 1.0 else r1, 1.0 if r2 > 1.0 else r2)
+    if len(rates_c) != MAX_CLASSES * N_WINDOWS:
+        rates_c = (rates_c + _ZERO_RATES)[:MAX_CLASSES * N_WINDOWS]
+    x = request.weight / MAX_WEIGHT
+    x5 = slack * inv_dl
+    x6 = deadline / 5.0
+    x7 = math.log1p(inp) / _LOG_IN
+    x8 = math.log1p(outp) / _LOG_OUT
+    v = [0.0, 0.0, 0.0, 0.0, 0.0 if x < 0.0 else 1.0 if x > 1.0 else x,
+         -1.0 if x5 < -1.0 else 1.0 if x5 > 1.0 else x5, 1.0 if x6 > 1.0 else x6,
+         1.0 if x7 > 1.0 else x7, 1.0 if x8 > 1.0 else x8]
+    ci = request.class_index
+    if 0 <= ci < MAX_CLASSES:
+        v[ci] = 1.0
+    v += rates_c
+    x = tot_q / tot_mb / RATIO_CLIP if tot_mb else 0.0
+    v += (1.0 if t0 > 1.0 else t0, 1.0 if t1 > 1.0 else t1, 1.0 if t2 > 1.0 else t2,
+          n / MAX_INSTANCES, best_fit, n_fit / n_present if n_present else 0.0,
+          tot_in / tot_mb if tot_mb else 0.0, 1.0 if x > 1.0 else x)
+    v += rows
+    return v
+
+
+_packers: dict[int, struct.Struct] = {}
+
+
+def _pack(values: list[float], out: np.ndarray) -> None:
+    """Write ``values`` as float32 to the start of ``out`` (C-contiguous float32): one C call,
+    with the same float64 -> float32 rounding as a numpy assignment."""
+    p = _packers.get(len(values))
+    if p is None:
+        p = _packers[len(values)] = struct.Struct(f"{len(values)}f")  # native: no padding
+    p.pack_into(out, 0, *values)
+
+
+def observation(request: RouteRequest, cluster: ClusterView) -> np.ndarray:
+    """The router observation (see the module docstring for the layout).
+
+    ``cluster.rates`` maps class name -> rate estimates over :data:`RATE_WINDOWS_S`, in class
+    table order (priority order); the i-th entry fills class slot i.
+    """
     vec = np.zeros(OBS_DIM, dtype=np.float32)
-    vec[:len(v)] = v
+    _pack(_values(request, cluster), vec)
     return vec
+
+
+def observation_into(request: RouteRequest, cluster: ClusterView, out: np.ndarray) -> int:
+    """Write the observation's first ``GLOBAL_DIM + n * INSTANCE_DIM`` entries into ``out`` (a
+    C-contiguous float32 array of at least that length; the rest is left as it is) and return
+    n, the number of instances: :func:`observation` without the allocation and zero padding,
+    for a caller that keeps its own buffer (the dqn router's decision)."""
+    _pack(_values(request, cluster), out)
+    return len(cluster.instances)
 
 
 def action_mask(cluster: ClusterView, size: int = MAX_INSTANCES) -> np.ndarray:
