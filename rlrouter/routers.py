@@ -39,6 +39,11 @@ TUNED_MARGIN = 0.6
 # the same way (`--tune-slackfit`). Most of what a learned router gains over one margin is this
 # class differentiation, so it is the baseline the DQN has to beat.
 TUNED_CLASS_MARGINS: tuple[float, ...] = (0.4, 0.5, 0.7)
+# slackfit-reserve: per-class margins, and the best model's instances are kept for the top class
+# once they are this full (in flight + queued, as a fraction of max batch); margins and reserve
+# tuned together the same way (the reservation moves the best margins).
+TUNED_RESERVE_MARGINS: tuple[float, ...] = (0.4, 0.5, 0.7)
+TUNED_RESERVE = 0.5
 
 
 def _quality(info, task: str) -> float:
@@ -58,11 +63,19 @@ class SlackFitRouter:
     ``margin`` is the fraction of the slack kept in reserve: one number for every class, or one
     per class in class-table order (a sequence, or ``"0.4/0.5/0.7"`` as in the gateway's
     ``router = "slackfit:0.4/0.5/0.7"``; classes past the last entry use the last).
+
+    ``reserve`` (off by default; ``router_options = {reserve = 0.5}`` in the gateway) keeps the
+    instances of the most accurate model present for the top class (class index 0) once they
+    hold ``reserve * max_batch`` requests (in flight + queued): lower classes then look
+    elsewhere, so a burst of them cannot fill the batch a realtime request will need. (In the
+    fluid optimum of the poster's mix at high load the large model serves realtime only.) If
+    every instance is reserved, the reservation is ignored.
     """
 
     name = "slackfit"
 
-    def __init__(self, margin: float | str | Sequence[float] = 0.0) -> None:
+    def __init__(self, margin: float | str | Sequence[float] = 0.0,
+                 reserve: float | None = None) -> None:
         if isinstance(margin, str):
             margins = tuple(float(x) for x in margin.split("/"))
         elif isinstance(margin, int | float):
@@ -73,6 +86,9 @@ class SlackFitRouter:
             raise ValueError(f"slackfit margins must be in [0, 1), got {margin!r}")
         self.margins = margins
         self.margin = margins[0]  # the one margin when a single number was given
+        if reserve is not None and not 0.0 < float(reserve) <= 1.0:
+            raise ValueError(f"slackfit reserve must be in (0, 1], got {reserve!r}")
+        self.reserve = None if reserve is None else float(reserve)
 
     def margin_for(self, class_index: int) -> float:
         m = self.margins
@@ -86,12 +102,24 @@ class SlackFitRouter:
         return predicted_latency_s(cluster.instances[i], load.in_flight, load.queued,
                                    request.input_tokens, request.output_tokens)
 
+    def _reserved(self, request: RouteRequest, cluster: ClusterView) -> set[int]:
+        if self.reserve is None or request.class_index <= 0:
+            return set()
+        healthy = [i for i, load in enumerate(cluster.loads) if load.healthy]
+        quality = {i: _quality(cluster.instances[i], request.task) for i in healthy}
+        top = max(quality.values(), default=0.0)
+        reserved = {i for i in healthy if quality[i] >= top and (
+            cluster.loads[i].in_flight + cluster.loads[i].queued
+            >= self.reserve * cluster.instances[i].latency.max_batch)}
+        return set() if len(reserved) == len(healthy) else reserved
+
     def route(self, request: RouteRequest, cluster: ClusterView) -> int:
         budget = request.slack_s * (1.0 - self.margin_for(request.class_index))
+        reserved = self._reserved(request, cluster)
         best, best_key = -1, None
         fastest, fastest_t = -1, float("inf")
         for i, load in enumerate(cluster.loads):
-            if not load.healthy:
+            if not load.healthy or i in reserved:
                 continue
             t = self.predict(request, cluster, i)
             if t < fastest_t:
@@ -154,4 +182,5 @@ def baseline_routers(seed: int = 0) -> dict[str, Router]:
         "slackfit": SlackFitRouter(),
         "slackfit-tuned": SlackFitRouter(TUNED_MARGIN),
         "slackfit-class": SlackFitRouter(TUNED_CLASS_MARGINS),
+        "slackfit-reserve": SlackFitRouter(TUNED_RESERVE_MARGINS, reserve=TUNED_RESERVE),
     }

@@ -377,3 +377,19 @@ def test_shipped_policy_argmax_equals_sb3_with_its_weights():
     ours = [policy.best(o, int(k)) for o, k in zip(obs, n_present, strict=True)]
     assert np.array_equal(np.asarray(ours), sb3_actions)
     assert np.array_equal(np.argmax(policy.q_values_batch(obs), axis=1), sb3_actions)
+
+
+def test_slackfit_reserve_keeps_the_best_model_for_the_top_class():
+    # Poster cluster, order: large, medium, medium, small; the large one is half full.
+    view = _view([(20, 0), (0, 0), (0, 0), (0, 0)])
+    plain, reserving = SlackFitRouter(0.0), SlackFitRouter(0.0, reserve=0.5)
+    assert plain.route(_request(slack=1.8, cls=1), view) == 0
+    assert reserving.route(_request(slack=1.8, cls=1), view) != 0
+    assert reserving.route(_request(slack=1.8, cls=0), view) == 0
+    # Below the reserve the large instance is open to every class.
+    assert reserving.route(_request(slack=1.8, cls=1), _view([(8, 0), (0, 0), (0, 0), (0, 0)])) == 0
+    # Every instance reserved (a cluster of the best model only): the reservation is ignored.
+    only_large = ClusterView(view.instances[:1], [InstanceLoad(in_flight=30)], 0.0, view.rates)
+    assert reserving.route(_request(slack=5.0, cls=2), only_large) == 0
+    with pytest.raises(ValueError):
+        SlackFitRouter(0.0, reserve=0.0)

@@ -3,7 +3,7 @@
     .venv/bin/python training/evaluate.py              # full: test seeds, both clusters, network table
     .venv/bin/python training/evaluate.py --quick      # < 60 s: fewer seeds, shorter runs
     .venv/bin/python training/evaluate.py --trace azure.csv
-    .venv/bin/python training/evaluate.py --tune-slackfit   # re-derive slackfit-tuned's and slackfit-class's margins
+    .venv/bin/python training/evaluate.py --tune-slackfit   # re-derive the tuned slackfit baselines' margins and reserve
 
 Every router runs the same arrivals (same cluster, workload and seed) in the same simulator.
 ``dqn`` is every shipped policy ``rlrouter/policies/dqn_seed*.npz`` (one per training seed),
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 POLICY_DIR = ROOT / "rlrouter" / "policies"
 WORKLOADS = ("stable", "unpredictable")
 POSTER_ROUTERS = ("static-large", "static-medium", "slackfit", "slackfit-tuned", "slackfit-class",
-                  "dqn")
+                  "slackfit-reserve", "dqn")
 
 
 def policy_files(pattern: str | None) -> list[Path]:
@@ -191,11 +191,11 @@ def write_outputs(out_dir: Path, result: dict) -> None:
 def tune_slackfit(duration: float) -> None:
     """Grid-search slackfit's reserve on the validation seeds (never the test seeds): one margin
     for all classes (slackfit-tuned), then one per class by coordinate ascent from it
-    (slackfit-class)."""
+    (slackfit-class), then the best model's reservation for the top class (slackfit-reserve)."""
     grid = [float(m) for m in np.round(np.arange(0.0, 0.9, 0.05), 2)]
 
-    def validation(margins: tuple[float, ...]) -> float:
-        return float(np.mean([mean_score(evaluate(lambda: SlackFitRouter(margins),
+    def validation(margins: tuple[float, ...], reserve: float | None = None) -> float:
+        return float(np.mean([mean_score(evaluate(lambda: SlackFitRouter(margins, reserve),
                                                   Scenario("poster", w, duration), VALIDATION_SEEDS))
                               for w in WORKLOADS]))
 
@@ -205,17 +205,28 @@ def tune_slackfit(duration: float) -> None:
     single = max(scores, key=scores.get)
     print(f"best single margin {single:.2f} ({scores[single]:.4f}): TUNED_MARGIN", flush=True)
     n_classes = len(Scenario("poster").arrivals(VALIDATION_SEEDS[0]).class_names)
-    margins, best = [single] * n_classes, scores[single]
-    for _ in range(2):  # two passes of coordinate ascent
-        for c in range(n_classes):
-            for m in grid:
-                trial = tuple(margins[:c] + [m] + margins[c + 1:])
-                x = validation(trial)
-                if x > best + 1e-6:
-                    margins, best = list(trial), x
-                    print(f"margins {'/'.join(f'{v:.2f}' for v in margins)}: {best:.4f}", flush=True)
+
+    def ascend(params: list, choices: list[list], best: float) -> tuple[list, float]:
+        """Coordinate ascent: two passes, one parameter at a time over its grid."""
+        for _ in range(2):
+            for k, grid_k in enumerate(choices):
+                for v in grid_k:
+                    trial = params[:k] + [v] + params[k + 1:]
+                    x = validation(tuple(trial[:n_classes]), *trial[n_classes:])
+                    if x > best + 1e-6:
+                        params, best = trial, x
+                        print(f"  {trial}: {best:.4f}", flush=True)
+        return params, best
+
+    margins, best = ascend([single] * n_classes, [grid] * n_classes, scores[single])
     print(f"best per-class margins {'/'.join(f'{v:.2f}' for v in margins)} ({best:.4f}): "
-          f"TUNED_CLASS_MARGINS; set both in rlrouter/routers.py")
+          f"TUNED_CLASS_MARGINS", flush=True)
+    # The reservation changes which margins are best: tune them together, from slackfit-class.
+    reserves = [None, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0]
+    joint, best_r = ascend([*margins, None], [grid] * n_classes + [reserves], best)
+    print(f"best with reservation: margins {'/'.join(f'{v:.2f}' for v in joint[:n_classes])} "
+          f"reserve {joint[-1]} ({best_r:.4f}): TUNED_RESERVE_MARGINS, TUNED_RESERVE; set them "
+          f"in rlrouter/routers.py")
 
 
 def main(argv: list[str] | None = None) -> int:
