@@ -16,13 +16,15 @@ Iteration model (vLLM-style continuous batching, simplified):
   with its last token. TTFT is the end of its first iteration minus its arrival.
 
 Because every running request gains one token per iteration, the engine counts iterations and
-keeps, per running request, the count at which it completes (a heap): completions are found
-without visiting the batch, and fast-forwarding (:meth:`BatchEngine.advance_to`) costs per batch
-change, not per request and token. ``generated`` is brought up to date before it returns.
+keeps the running requests sorted by the count at which they complete: completions and the
+latency prediction's "k-th request to finish" are read off that list without visiting the
+batch, and fast-forwarding (:meth:`BatchEngine.advance_to`) costs per batch change, not per
+request and token. ``generated`` is brought up to date before it returns.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import math
@@ -101,8 +103,9 @@ class EngineRequest:
     finished: float | None = None
     generated: int = 0
     cancelled: bool = False
-    # The engine's iteration count at which the last token lands (set on admission).
-    done_at: int = field(default=0, init=False, repr=False)
+    # While running: the engine's iteration count at which ``generated`` was 0, so that
+    # ``generated = iterations - zero_at`` (set on admission).
+    zero_at: int = field(default=0, init=False, repr=False)
 
     @property
     def kv_tokens(self) -> int:
@@ -140,10 +143,11 @@ class BatchEngine:
     _kv_used: int = 0
     _n_waiting: int = 0
     now: float = 0.0
-    # Iterations finished so far, and (done_at, admission order, request) for the running
-    # requests (cancelled ones linger until popped): the next completion is the heap's top.
+    # Iterations finished so far; the running requests as (iteration count at their last
+    # token, admission order, request), sorted; and the sum of those counts.
     _iters: int = 0
     _ends: list[tuple[int, int, EngineRequest]] = field(default_factory=list)
+    _ends_sum: int = 0
     _admissions: itertools.count = field(default_factory=itertools.count)
     # Waiting requests per priority: [count, input tokens, output tokens] (for predictions).
     _queued: dict[int, list[int]] = field(default_factory=dict)
@@ -176,6 +180,8 @@ class BatchEngine:
     def queued_ahead(self, priority: float = math.inf) -> tuple[int, int, int]:
         """(count, input tokens, output tokens) of the waiting requests whose priority value is
         at most ``priority`` (all of them by default)."""
+        if not self._n_waiting:
+            return 0, 0, 0
         n = inp = out = 0
         for p, (c, i, o) in self._queued.items():
             if p <= priority:
@@ -210,6 +216,11 @@ class BatchEngine:
         elif request in self.running:
             self.running.remove(request)
             self._kv_used -= request.kv_tokens
+            for i, e in enumerate(self._ends):
+                if e[2] is request:
+                    del self._ends[i]
+                    self._ends_sum -= e[0]
+                    break
 
     def _count_queued(self, r: EngineRequest, sign: int) -> None:
         q = self._queued.get(r.priority)
@@ -259,8 +270,8 @@ class BatchEngine:
                 self.running.remove(r)
                 self._kv_used -= r.kv_tokens
         ends = self._ends
-        while ends and ends[0][0] <= self._iters:  # the ones that finished, or were cancelled
-            heapq.heappop(ends)
+        while ends and ends[0][0] <= self._iters:  # exactly the ones that finished
+            self._ends_sum -= ends.pop(0)[0]
         return done
 
     # -- fast-forward (simulation) ---------------------------------------------------------
@@ -288,10 +299,10 @@ class BatchEngine:
             end, admitted = it.end, it.admitted
         m = self.model
         tau0, tau1, pre = m.decode_base_s, m.decode_per_seq_s, m.prefill_s_per_token
+        max_batch = m.max_batch
         ends = self._ends
         iters = synced = self._iters
         now = self.now
-        pop = heapq.heappop
         while True:
             if end is None:
                 # Start an iteration at `now` (what start_iteration does, without the copy of
@@ -299,7 +310,7 @@ class BatchEngine:
                 if not running and not self._n_waiting:
                     now = max(now, t)
                     break
-                self._iters = iters  # _admit stamps done_at from it
+                self._iters = iters  # _admit stamps zero_at from it
                 admitted = self._admit(now)
                 if not running:
                     now = max(now, t)
@@ -320,19 +331,18 @@ class BatchEngine:
                     r.first_token = now
             if ends and ends[0][0] <= iters:
                 while ends and ends[0][0] <= iters:
-                    r = pop(ends)[2]
-                    if r.cancelled:
-                        continue
+                    d, _, r = ends.pop(0)
+                    self._ends_sum -= d
                     r.generated = r.output_tokens
                     r.finished = now
                     running.remove(r)
                     self._kv_used -= r.input_tokens + r.output_tokens
                     finished.append(r)
-            if not running or self._can_admit():
+            if not running:
+                continue
+            if len(running) < max_batch and self._waiting and self._can_admit():
                 continue
             # Steady state: the batch can only change when a running request finishes.
-            while ends[0][2].cancelled:
-                pop(ends)
             step = tau0 + tau1 * len(running)
             k = ends[0][0] - iters - 1
             if t != math.inf:
@@ -350,7 +360,7 @@ class BatchEngine:
         self._iters = iters
         if iters != synced:
             for r in running:
-                r.generated = r.output_tokens - (r.done_at - iters)
+                r.generated = iters - r.zero_at
         return finished
 
     def _can_admit(self) -> bool:
@@ -376,8 +386,10 @@ class BatchEngine:
             r.admitted = now
             self.running.append(r)
             self._kv_used += r.input_tokens + r.output_tokens
-            r.done_at = self._iters + r.output_tokens - r.generated
-            heapq.heappush(self._ends, (r.done_at, next(self._admissions), r))
+            r.zero_at = self._iters - r.generated
+            done = r.zero_at + r.output_tokens
+            bisect.insort(self._ends, (done, next(self._admissions), r))
+            self._ends_sum += done
             admitted.append(r)
         return admitted
 
@@ -390,24 +402,30 @@ class BatchEngine:
         to make room, then serves it in a batch of the resulting size.
         """
         m = self.model
-        n_ahead, _, out_ahead = self.queued_ahead(
-            math.inf if self.policy == "fcfs" else priority)
+        max_batch = m.max_batch
+        if self._n_waiting:
+            n_ahead, _, out_ahead = self.queued_ahead(
+                math.inf if self.policy == "fcfs" else priority)
+        else:
+            n_ahead = out_ahead = 0
         running = self.running
         n_run = len(running)
         occupied = n_run + n_ahead
-        batch = min(m.max_batch, occupied + 1)
-        step = m.decode_step_s(batch)
+        step = m.decode_base_s + m.decode_per_seq_s * (
+            max_batch if occupied + 1 > max_batch else occupied + 1)  # decode_step_s, inline
         wait = 0.0
-        if occupied >= m.max_batch:
+        if occupied >= max_batch:
             # The slot we get is freed by the (occupied - max_batch + 1)-th completion, counting
-            # running requests' remaining tokens, then the ones ahead in line in order.
-            remaining = [r.output_tokens - r.generated for r in running]
-            need = occupied - m.max_batch + 1
+            # running requests' remaining tokens (the sorted completion list), then the ones
+            # ahead in line in order.
+            ends, iters = self._ends, self._iters
+            need = occupied - max_batch + 1
             if need <= n_run:
-                wait = sorted(remaining)[need - 1] * step
+                wait = (ends[need - 1][0] - iters) * step
             else:
                 # Rough: every further slot turns over after an average request's worth of tokens.
-                mean_out = (sum(remaining) + out_ahead) / (n_run + n_ahead)
-                wait = (max(remaining) if remaining else 0) * step + (
-                    (need - n_run) / m.max_batch) * mean_out * step
-        return wait + m.prefill_s(input_tokens) + max(output_tokens, 1) * step
+                mean_out = (self._ends_sum - iters * n_run + out_ahead) / (n_run + n_ahead)
+                wait = ((ends[-1][0] - iters) if ends else 0) * step + (
+                    (need - n_run) / max_batch) * mean_out * step
+        return wait + m.prefill_s_per_token * input_tokens + (
+            output_tokens if output_tokens > 1 else 1) * step
