@@ -26,7 +26,8 @@ from quicgw.core.features import GLOBAL_DIM, INSTANCE_DIM, MAX_INSTANCES
 POLICY_DIR = "policies"
 DEFAULT_POLICY = "dqn.npz"
 NEG = np.float32(-1e9)
-_dot, _add, _maximum = np.dot, np.add, np.maximum
+_add, _maximum = np.add, np.maximum
+_ZERO = np.zeros((), np.float32)  # relu's 0 as an array: no scalar conversion per call
 
 
 class NumpyQPolicy:
@@ -53,8 +54,8 @@ class NumpyQPolicy:
         self._W2c = np.ascontiguousarray(self.W2[h:])
         # Fast path (every slot up to n present). Biases ride on the "present" feature, which
         # is exactly 1: b1 joins its row of W1, and an extra hidden unit that is always 1
-        # carries b2 into the second layer; [W2h | W2c / n] turns the mean pooling into one
-        # matmul and a column sum. ~10 numpy calls per decision.
+        # carries b2 into the second layer; W2c / n turns the mean pooling into a matmul and
+        # a column sum. 10 numpy calls per decision.
         self._W1i_b = np.zeros((INSTANCE_DIM, h + 1), dtype=np.float32)
         self._W1i_b[:, :h] = self._W1i
         self._W1i_b[0, :h] += self.b1
@@ -63,7 +64,7 @@ class NumpyQPolicy:
         self._W1g_b[:, :h] = self._W1g
         self._W2h_b = np.concatenate([self._W2h, self.b2[None, :]], axis=0)
         self._W2c_b = np.concatenate([self._W2c, np.zeros((1, self._h2), np.float32)], axis=0)
-        # Per slot count n: the fused second-layer weights and preallocated buffers for every
+        # Per slot count n: the pooling weights divided by n and preallocated buffers for every
         # intermediate (`out=` everywhere: no allocation per decision). Reused across calls, so
         # one policy object must not run two forward passes at once (threads).
         self._work: dict[int, tuple[np.ndarray, ...]] = {}
@@ -97,29 +98,30 @@ class NumpyQPolicy:
 
     def _workspace(self, n: int) -> tuple[np.ndarray, ...]:
         h1, h2 = self._W1i_b.shape[1], self._h2
-        w2 = np.ascontiguousarray(np.concatenate([self._W2h_b, self._W2c_b / np.float32(n)], axis=1))
-        h = np.empty((n, h1), np.float32)
-        a = np.empty((n, 2 * h2), np.float32)
-        ws = (w2, h, np.empty(h1, np.float32), a, a[:, :h2], a[:, h2:], np.empty(h2, np.float32),
-              np.empty(n, np.float32))
+        ws = (np.ascontiguousarray(self._W2c_b / np.float32(n)),  # mean pooling: / n up front
+              np.empty((n, h1), np.float32), np.empty(h1, np.float32),
+              np.empty((n, h2), np.float32), np.empty((n, h2), np.float32),
+              np.empty(h2, np.float32), np.empty(n, np.float32))
         self._work[n] = ws
         return ws
 
     def _q_all_present(self, g: np.ndarray, x: np.ndarray, n: int) -> np.ndarray:
         """Q-values (without b3) when the first ``n`` slots are all present, from the global
-        features ``g`` and the (n, INSTANCE_DIM) slot features ``x``: 9 numpy calls, no
-        allocation. The result is a buffer the next call overwrites."""
+        features ``g`` and the (n, INSTANCE_DIM) slot features ``x``: 10 numpy calls on
+        contiguous float32 buffers, no allocation. The result is a buffer the next call
+        overwrites."""
         ws = self._work.get(n) or self._workspace(n)
-        w2, h, gw, a, z, c, csum, q = ws
-        _dot(x, self._W1i_b, out=h)
-        _dot(g, self._W1g_b, out=gw)
+        w2c, h, gw, z, c, csum, q = ws
+        x.dot(self._W1i_b, out=h)
+        g.dot(self._W1g_b, out=gw)
         _add(h, gw, out=h)
-        _maximum(h, 0.0, out=h)
-        _dot(h, w2, out=a)
-        _add.reduce(c, axis=0, out=csum)  # the mean pooling (W2c is pre-divided by n)
+        _maximum(h, _ZERO, out=h)
+        h.dot(self._W2h_b, out=z)
+        h.dot(w2c, out=c)
+        _add.reduce(c, axis=0, out=csum)  # the mean over instances (w2c is pre-divided by n)
         _add(z, csum, out=z)
-        _maximum(z, 0.0, out=z)
-        _dot(z, self.w3, out=q)
+        _maximum(z, _ZERO, out=z)
+        z.dot(self.w3, out=q)
         return q
 
     def best(self, obs: np.ndarray, n: int, all_present: bool | None = None) -> int:

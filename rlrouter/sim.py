@@ -145,32 +145,32 @@ class Simulator:
         reward paid at this step (see the module docstring)."""
         if self.request is None:
             raise RuntimeError("the run is over")
-        if not 0 <= index < len(self.engines) or not self.loads[index].healthy:
+        if not 0 <= index < len(self.loads) or not self.loads[index].healthy:
             raise ValueError(f"instance {index} is not routable")
         k = self._order[self._pos]
         c = self._cls[k]
         engine = self.engines[index]
         now = self.now
+        inp, out, prio = self._inp[k], self._out[k], self._prio[c]
         deadline_abs = self._sent[k] + self._deadline[c]
-        q = self._quality[index][self._task[k]]
-        w = self._weights[c]
+        er = EngineRequest(k, inp, out, now, prio, deadline_abs)
         reward = 0.0
         if self.reward_mode == "shaped":
-            due = deadline_abs - self._response_delay_guess(k)
+            due = deadline_abs if self.network is None else (
+                deadline_abs - self._response_delay_guess(k))
             finish = now + self._predicted_latency(engine, k)
-            credit = w * q if finish <= due else 0.0
+            credit = self._weights[c] * self._quality[index][self._task[k]] if finish <= due else 0.0
             self._credit[k] = credit
             self._finish[k] = finish
             self._due[k] = due
-            harm = self._harm(index, self._inp[k], self._out[k], self._prio[c])
-            self.shaping[0] += credit
-            self.shaping[1] += harm
+            harm = self._harm(index, inp, out, prio)
+            shaping = self.shaping
+            shaping[0] += credit
+            shaping[1] += harm
             reward += credit - harm
-        er = EngineRequest(k, self._inp[k], self._out[k], now, priority=self._prio[c],
-                           deadline=deadline_abs)
+            if credit:
+                self._holding[index].append(er)
         engine.submit(er)
-        if self._credit[k]:
-            self._holding[index].append(er)
         self.routed[k] = index
         self._model_counts[index] += 1
         self._pos += 1
@@ -214,7 +214,8 @@ class Simulator:
         turn = 0.0 if room else output_tokens * m.decode_step_s(m.max_batch) / m.max_batch
         finish, due, credit = self._finish, self._due, self._credit
         lost = 0.0
-        keep = []
+        keep: list[EngineRequest] = []
+        append = keep.append
         for r in held:
             rid = r.rid
             if not credit[rid] or r.finished is not None:
@@ -231,7 +232,7 @@ class Simulator:
                 if not dry:
                     credit[rid] = 0.0
             else:
-                keep.append(r)
+                append(r)
             if not dry:
                 finish[rid] = f2
         if not dry:
@@ -277,8 +278,9 @@ class Simulator:
         name = self._class_names[c]
         est = self.rate_estimator
         est.observe(name, t)
-        self.view.now = t
-        self.view.rates = est.all_rates(self._class_names, t)
+        view = self.view
+        view.now = t
+        view.rates = est.all_rates(self._class_names, t)
         for e, load in zip(self.engines, self.loads, strict=True):
             load.in_flight = len(e.running)
             load.queued = e._n_waiting
@@ -290,6 +292,7 @@ class Simulator:
             self._out[k], self._tasks[self._task[k]], self._weights[c])
 
     def _advance(self, t: float) -> None:
+        network = self.network
         for i, e in enumerate(self.engines):
             cur = e._current
             if cur is None:
@@ -299,9 +302,14 @@ class Simulator:
                     continue
             elif cur.end > t:
                 continue  # mid-iteration: nothing ends by t (advance_to would return at once)
-            for r in e.advance_to(t):
-                self._finished(i, r)
-        if self.network is not None:
+            done = e.advance_to(t)
+            if done:
+                for r in done:
+                    if network is None:
+                        self._score(r.rid, i, r.finished)
+                    else:
+                        self._finished(i, r)
+        if network is not None:
             self._finish_downloads(t)
 
     def _finished(self, i: int, r: EngineRequest) -> None:

@@ -150,16 +150,20 @@ class _Static:
     # Per instance: decode_base_s, decode_per_seq_s, prefill_s_per_token, max_batch, capacity
     # share, decode step alone (base + per_seq), decode step in a full batch.
     rows: list[tuple[float, float, float, int, float, float, float]]
+    total_batch: int  # sum of max_batch
     capacity_rps: float
     rate_scale: float  # rates are read relative to half the cluster's nominal capacity
-    _quality: dict[str, tuple[list[float], float]] = field(default_factory=dict)
+    _quality: dict[str, tuple[list[float], float, list[float]]] = field(default_factory=dict)
 
-    def task(self, task: str) -> tuple[list[float], float]:
-        """(quality per instance, best quality) for a task."""
+    def task(self, task: str) -> tuple[list[float], float, list[float]]:
+        """(quality per instance, best quality, quality gap per instance) for a task, with
+        every instance healthy."""
         got = self._quality.get(task)
         if got is None:
             qs = [i.quality.get(task, min(i.quality.values())) for i in self.instances]
-            got = self._quality[task] = (qs, max(qs, default=0.0))
+            qmax = max(qs, default=0.0)
+            gaps = [q - qmax if q - qmax > -1.0 else -1.0 for q in qs]
+            got = self._quality[task] = (qs, qmax, gaps)
         return got
 
 
@@ -181,7 +185,7 @@ def _static(instances: Sequence[InstanceInfo]) -> _Static:
         rows.append((m.decode_base_s, m.decode_per_seq_s, m.prefill_s_per_token, m.max_batch,
                      cap / total, m.decode_base_s + m.decode_per_seq_s,
                      m.decode_base_s + m.decode_per_seq_s * m.max_batch))
-    st = _Static(instances, rows, total, 1.0 / (2.0 * total))
+    st = _Static(instances, rows, sum(r[3] for r in rows), total, 1.0 / (2.0 * total))
     if len(_static_cache) > 64:
         _static_cache.clear()
     _static_cache[key] = st
@@ -217,7 +221,9 @@ def _values(request: RouteRequest, cluster: ClusterView) -> list[float]:
     Python floats: the one definition of the features (see the module docstring)."""
     instances = cluster.instances
     loads = cluster.loads
-    st = _static(instances)
+    st = _static_cache.get(id(instances))
+    if st is None or st.instances is not instances:
+        st = _static(instances)
     n = len(instances)
     deadline = request.deadline_s if request.deadline_s > 0 else 1.0
     inv_dl = 1.0 / deadline
@@ -225,34 +231,61 @@ def _values(request: RouteRequest, cluster: ClusterView) -> list[float]:
     inp = request.input_tokens
     outp = request.output_tokens if request.output_tokens > 0 else 1
 
+    # -- global block, up to the rates (order follows GLOBAL_FEATURES) --
+    x = request.weight / MAX_WEIGHT
+    x5 = slack * inv_dl
+    x6 = deadline / 5.0
+    x7 = math.log1p(inp) / _LOG_IN
+    x8 = math.log1p(outp) / _LOG_OUT
+    v = [0.0, 0.0, 0.0, 0.0, 0.0 if x < 0.0 else 1.0 if x > 1.0 else x,
+         -1.0 if x5 < -1.0 else 1.0 if x5 > 1.0 else x5, 1.0 if x6 > 1.0 else x6,
+         1.0 if x7 > 1.0 else x7, 1.0 if x8 > 1.0 else x8]
+    ci = request.class_index
+    if 0 <= ci < MAX_CLASSES:
+        v[ci] = 1.0
+    k = st.rate_scale
+    t0 = t1 = t2 = 0.0
+    for rates in cluster.rates.values():
+        r0 = rates[0] * k
+        r1 = rates[1] * k
+        r2 = rates[2] * k
+        t0 += r0
+        t1 += r1
+        t2 += r2
+        v += (1.0 if r0 > 1.0 else r0, 1.0 if r1 > 1.0 else r1, 1.0 if r2 > 1.0 else r2)
+    end = 9 + MAX_CLASSES * N_WINDOWS
+    if len(v) != end:  # slots past the table's classes stay 0; classes past 4 count in totals only
+        v = v[:end] if len(v) > end else v + _ZERO_RATES[:end - len(v)]
+
     # -- instance blocks (order follows INSTANCE_FEATURES) --
-    qualities, qmax = st.task(request.task)
+    qualities, qmax, gaps = st.task(request.task)
+    n_present = n
     for load in loads:
         if not load.healthy:
+            # The quality gap is relative to the best healthy instance.
             qmax = max((q for q, ld in zip(qualities, loads, strict=True) if ld.healthy),
                        default=0.0)
+            gaps = [q - qmax if q - qmax > -1.0 else -1.0 for q in qualities]
             break
     best_fit = 0.0
-    n_fit = n_present = tot_in = tot_q = tot_mb = 0
+    n_fit = tot_in = tot_q = 0
+    tot_mb = st.total_batch
     inv_rc = inv_dl / RATIO_CLIP
     rows: list[float] = []
-    for i in range(n):
-        load = loads[i]
+    for load, (a, b, pre, mb, share, step1, step_full), q, gap in zip(
+            loads, st.rows, qualities, gaps, strict=True):
         if not load.healthy:
             rows += _ZERO_ROW
+            tot_mb -= mb
+            n_present -= 1
             continue
-        a, b, pre, mb, share, step1, step_full = st.rows[i]
-        n_present += 1
         fl = load.in_flight
         qd = load.queued
         tot_in += fl
         tot_q += qd
-        tot_mb += mb
         prefill = pre * inp
         est = _predict(a, b, mb, prefill, fl + qd, outp)
         full = prefill + outp * step_full
-        q = qualities[i]
-        gap = q - qmax
         x3 = (prefill + outp * step1) * inv_rc
         x4 = full * inv_rc
         x5 = fl / mb
@@ -272,35 +305,12 @@ def _values(request: RouteRequest, cluster: ClusterView) -> list[float]:
             fits = 0.0
         x9 = (slack - est) * inv_dl
         x11 = (est + full - prefill) * inv_rc
-        rows += (1.0, q, gap if gap > -1.0 else -1.0, 1.0 if x3 > 1.0 else x3,
-                 1.0 if x4 > 1.0 else x4, 1.0 if x5 > 1.0 else x5, 1.0 if x6 > 1.0 else x6, x7,
-                 fits, -1.0 if x9 < -1.0 else 1.0 if x9 > 1.0 else x9, share,
+        rows += (1.0, q, gap, 1.0 if x3 > 1.0 else x3, 1.0 if x4 > 1.0 else x4,
+                 1.0 if x5 > 1.0 else x5, 1.0 if x6 > 1.0 else x6, x7, fits,
+                 -1.0 if x9 < -1.0 else 1.0 if x9 > 1.0 else x9, share,
                  1.0 if x11 > 1.0 else x11)
 
-    # -- global block (order follows GLOBAL_FEATURES) --
-    k = st.rate_scale
-    t0 = t1 = t2 = 0.0
-    rates_c: list[float] = []
-    for rates in cluster.rates.values():
-        r0, r1, r2 = rates[0] * k, rates[1] * k, rates[2] * k
-        t0 += r0
-        t1 += r1
-        t2 += r2
-        rates_c += (1.0 if r0 > 1.0 else r0, 1.0 if r1 > 1.0 else r1, 1.0 if r2 > 1.0 else r2)
-    if len(rates_c) != MAX_CLASSES * N_WINDOWS:
-        rates_c = (rates_c + _ZERO_RATES)[:MAX_CLASSES * N_WINDOWS]
-    x = request.weight / MAX_WEIGHT
-    x5 = slack * inv_dl
-    x6 = deadline / 5.0
-    x7 = math.log1p(inp) / _LOG_IN
-    x8 = math.log1p(outp) / _LOG_OUT
-    v = [0.0, 0.0, 0.0, 0.0, 0.0 if x < 0.0 else 1.0 if x > 1.0 else x,
-         -1.0 if x5 < -1.0 else 1.0 if x5 > 1.0 else x5, 1.0 if x6 > 1.0 else x6,
-         1.0 if x7 > 1.0 else x7, 1.0 if x8 > 1.0 else x8]
-    ci = request.class_index
-    if 0 <= ci < MAX_CLASSES:
-        v[ci] = 1.0
-    v += rates_c
+    # -- global block, the rest --
     x = tot_q / tot_mb / RATIO_CLIP if tot_mb else 0.0
     v += (1.0 if t0 > 1.0 else t0, 1.0 if t1 > 1.0 else t1, 1.0 if t2 > 1.0 else t2,
           n / MAX_INSTANCES, best_fit, n_fit / n_present if n_present else 0.0,
