@@ -28,6 +28,7 @@ outcomes, when they are known.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -138,6 +139,47 @@ class Simulator:
     @property
     def current_index(self) -> int:
         return self._order[self._pos]
+
+    # -- lookahead -----------------------------------------------------------------------------
+    # Inputs a fork never writes: shared, not copied.
+    _SHARED = ("instances", "arrivals", "_class_names", "_weights", "_prio", "_deadline",
+               "_quality", "_tasks")
+    # Flat per-request lists: copied by slicing (a deepcopy walks them item by item).
+    _PER_REQUEST = ("_cls", "_inp", "_out", "_task", "_sent", "_credit", "_finish", "_due")
+
+    def fork(self, future: Arrivals | None = None) -> Simulator:
+        """A copy of this run's state for lookahead (rollouts, training/headroom.py): routing
+        the copy leaves this run untouched. With ``future`` (times at or after ``now``), the
+        arrivals after the pending request are replaced by ``future``'s, e.g. a sampled
+        continuation; without it the copy sees this run's real future."""
+        k = self.current_index if self.request is not None else self.n
+        if future is not None and (self.network is not None or k != self._pos):
+            raise ValueError("fork(future) needs a run without a network stage")
+        memo: dict[int, object] = {id(getattr(self, a)): getattr(self, a) for a in self._SHARED}
+        keep = self.n if future is None else k + 1
+        for a in self._PER_REQUEST:
+            v = getattr(self, a)
+            memo[id(v)] = v[:keep]
+        memo[id(self._at_gateway)] = (memo[id(self._sent)] if self._at_gateway is self._sent
+                                      else self._at_gateway[:keep])
+        memo[id(self._order)] = self._order[:keep]
+        memo[id(self.routed)] = self.routed[:keep].copy()
+        memo[id(self._latencies)] = self._latencies[:]
+        fork = copy.deepcopy(self, memo)
+        if future is not None:
+            m = len(future)
+            fork._cls += future.cls.tolist()
+            fork._inp += future.input_tokens.tolist()
+            fork._out += future.output_tokens.tolist()
+            fork._task += future.task.tolist()
+            fork._sent += future.time.tolist()  # _at_gateway is the same list
+            fork._credit += [0.0] * m
+            fork._finish += [0.0] * m
+            fork._due += [0.0] * m
+            fork._order += range(keep, keep + m)
+            fork.routed = np.concatenate([fork.routed, np.full(m, -1, dtype=np.int64)])
+            fork.n = keep + m
+        return fork
 
     # -- stepping ------------------------------------------------------------------------------
     def route(self, index: int) -> float:

@@ -393,3 +393,22 @@ def test_slackfit_reserve_keeps_the_best_model_for_the_top_class():
     assert reserving.route(_request(slack=5.0, cls=2), only_large) == 0
     with pytest.raises(ValueError):
         SlackFitRouter(0.0, reserve=0.0)
+
+
+def test_fork_is_an_independent_copy_of_the_run():
+    from rlrouter.workloads import poisson_arrivals
+
+    sc = Scenario("poster", "stable", 20.0)
+    sim = Simulator(sc.instances, sc.arrivals(3))
+    router = SlackFitRouter(0.5)
+    for _ in range(200):
+        sim.route(router.route(sim.request, sim.view))
+    twin = sim.fork()
+    sampled = sim.fork(poisson_arrivals([(sim.now, sim.now + 2.0, 40.0)], np.random.default_rng(1)))
+    assert sampled.n < sim.n
+    while not sampled.done:  # routing a fork leaves the run alone
+        sampled.route(router.route(sampled.request, sampled.view))
+    a = sim.run(router)
+    b = twin.run(SlackFitRouter(0.5))
+    assert a.score == b.score and a.requests == b.requests
+    assert a.score == Scenario("poster", "stable", 20.0).run(SlackFitRouter(0.5), 3).score
