@@ -38,12 +38,12 @@ TUNED_MARGIN = 0.6
 # slackfit-class: one reserve per class in class-table order (realtime, free, bulk), grid-searched
 # the same way (`--tune-slackfit`). Most of what a learned router gains over one margin is this
 # class differentiation, so it is the baseline the DQN has to beat.
-TUNED_CLASS_MARGINS: tuple[float, ...] = (0.4, 0.5, 0.7)
+TUNED_CLASS_MARGINS: tuple[float, ...] = (0.45, 0.5, 0.75)
 # slackfit-reserve: per-class margins, and the best model's instances are kept for the top class
 # once they are this full (in flight + queued, as a fraction of max batch); margins and reserve
 # tuned together the same way (the reservation moves the best margins).
-TUNED_RESERVE_MARGINS: tuple[float, ...] = (0.4, 0.5, 0.7)
-TUNED_RESERVE = 0.5
+TUNED_RESERVE_MARGINS: tuple[float, ...] = (0.35, 0.35, 0.8)
+TUNED_RESERVE = 0.625
 
 
 def _quality(info, task: str) -> float:
