@@ -140,23 +140,23 @@ class LLMRoutingEnv(gym.Env):
 
     def step(self, action):
         sim = self.sim
-        if sim is None or sim.done:
+        if sim is None or sim.request is None:
             raise RuntimeError("call reset() first: the episode is over")
         a = int(action)
-        if not (0 <= a < MAX_INSTANCES and self._mask[a]):
+        valid = self._valid  # slots 0..n-1, the ones the mask marks
+        if not 0 <= a < len(valid):
             # An absent slot (random exploration without the mask): the valid slot at a % n.
-            a = self._valid[a % len(self._valid)]
-        reward = sim.route(a) * self.config.reward_scale
+            a = valid[a % len(valid)]
+        cfg = self.config
+        reward = sim.route(a) * cfg.reward_scale
         self._steps += 1
-        terminated = sim.done
-        truncated = (not terminated and self.config.max_steps > 0
-                     and self._steps >= self.config.max_steps)
+        terminated = sim.request is None
+        truncated = not terminated and cfg.max_steps > 0 and self._steps >= cfg.max_steps
         if terminated:
             obs = self._last_obs
         else:
-            obs = observation(sim.request, sim.view)
-            self._last_obs = obs
-        info = self._info()
+            obs = self._last_obs = observation(sim.request, sim.view)
+        info = {"action_mask": self._mask.copy()}  # fresh per call (gymnasium's checker)
         if terminated or truncated:
             info["score"] = sim.board.score
             info["requests"] = self._steps

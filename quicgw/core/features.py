@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quicgw.core.routing import ClusterView, InstanceInfo, RouteRequest
+from quicgw.core.routing import ClusterView, InstanceInfo, InstanceLoad, RouteRequest
 
 # Windows (seconds) of the arrival-rate estimates: short enough to see a burst, long enough to
 # see the regime.
@@ -140,6 +140,8 @@ _LOG_IN = math.log1p(8192)
 _LOG_OUT = math.log1p(2048)
 _ZERO_ROW: tuple[float, ...] = (0.0,) * INSTANCE_DIM
 _ZERO_RATES: list[float] = [0.0] * (MAX_CLASSES * N_WINDOWS)
+_RATES_END = 9 + MAX_CLASSES * N_WINDOWS  # the global features after the rates start here
+_ZERO_TAIL: tuple[float, ...] = (0.0,) * (GLOBAL_DIM - _RATES_END)
 
 
 @dataclass(slots=True)
@@ -153,18 +155,31 @@ class _Static:
     total_batch: int  # sum of max_batch
     capacity_rps: float
     rate_scale: float  # rates are read relative to half the cluster's nominal capacity
-    _quality: dict[str, tuple[list[float], float, list[float]]] = field(default_factory=dict)
+    _by_task: dict[str, list[tuple]] = field(default_factory=dict)
 
-    def task(self, task: str) -> tuple[list[float], float, list[float]]:
-        """(quality per instance, best quality, quality gap per instance) for a task, with
-        every instance healthy."""
-        got = self._quality.get(task)
+    def qualities(self, task: str) -> list[float]:
+        return [i.quality.get(task, min(i.quality.values())) for i in self.instances]
+
+    def task_rows(self, task: str) -> list[tuple]:
+        """``rows`` extended with (quality, quality gap) for a task, every instance healthy."""
+        got = self._by_task.get(task)
         if got is None:
-            qs = [i.quality.get(task, min(i.quality.values())) for i in self.instances]
-            qmax = max(qs, default=0.0)
-            gaps = [q - qmax if q - qmax > -1.0 else -1.0 for q in qs]
-            got = self._quality[task] = (qs, qmax, gaps)
+            got = self._by_task[task] = self._with_quality(task, [True] * len(self.rows))
         return got
+
+    def healthy_rows(self, task: str, loads: Sequence[InstanceLoad]) -> tuple[list[tuple], int, int]:
+        """(task rows with the quality gap relative to the best healthy instance, healthy
+        instances, their total max_batch)."""
+        healthy = [ld.healthy for ld in loads]
+        rows = self._with_quality(task, healthy)
+        return (rows, sum(healthy),
+                sum(r[3] for r, h in zip(self.rows, healthy, strict=True) if h))
+
+    def _with_quality(self, task: str, healthy: list[bool]) -> list[tuple]:
+        qs = self.qualities(task)
+        qmax = max((q for q, h in zip(qs, healthy, strict=True) if h), default=0.0)
+        return [r + (q, q - qmax if q - qmax > -1.0 else -1.0)
+                for r, q in zip(self.rows, qs, strict=True)]
 
 
 _static_cache: dict[int, _Static] = {}
@@ -225,11 +240,15 @@ def _values(request: RouteRequest, cluster: ClusterView) -> list[float]:
     if st is None or st.instances is not instances:
         st = _static(instances)
     n = len(instances)
-    deadline = request.deadline_s if request.deadline_s > 0 else 1.0
+    deadline = request.deadline_s
+    if not deadline > 0:
+        deadline = 1.0
     inv_dl = 1.0 / deadline
     slack = request.slack_s
     inp = request.input_tokens
-    outp = request.output_tokens if request.output_tokens > 0 else 1
+    outp = request.output_tokens
+    if not outp > 0:
+        outp = 1
 
     # -- global block, up to the rates (order follows GLOBAL_FEATURES) --
     x = request.weight / MAX_WEIGHT
@@ -253,31 +272,24 @@ def _values(request: RouteRequest, cluster: ClusterView) -> list[float]:
         t1 += r1
         t2 += r2
         v += (1.0 if r0 > 1.0 else r0, 1.0 if r1 > 1.0 else r1, 1.0 if r2 > 1.0 else r2)
-    end = 9 + MAX_CLASSES * N_WINDOWS
-    if len(v) != end:  # slots past the table's classes stay 0; classes past 4 count in totals only
-        v = v[:end] if len(v) > end else v + _ZERO_RATES[:end - len(v)]
+    if len(v) != _RATES_END:  # slots past the table's classes stay 0; classes past 4 count in totals
+        v = v[:_RATES_END] if len(v) > _RATES_END else v + _ZERO_RATES[:_RATES_END - len(v)]
+    v += _ZERO_TAIL  # filled below, once the instances are seen
 
     # -- instance blocks (order follows INSTANCE_FEATURES) --
-    qualities, qmax, gaps = st.task(request.task)
+    rows = st.task_rows(request.task)
     n_present = n
+    tot_mb = st.total_batch
     for load in loads:
         if not load.healthy:
-            # The quality gap is relative to the best healthy instance.
-            qmax = max((q for q, ld in zip(qualities, loads, strict=True) if ld.healthy),
-                       default=0.0)
-            gaps = [q - qmax if q - qmax > -1.0 else -1.0 for q in qualities]
+            rows, n_present, tot_mb = st.healthy_rows(request.task, loads)
             break
     best_fit = 0.0
     n_fit = tot_in = tot_q = 0
-    tot_mb = st.total_batch
     inv_rc = inv_dl / RATIO_CLIP
-    rows: list[float] = []
-    for load, (a, b, pre, mb, share, step1, step_full), q, gap in zip(
-            loads, st.rows, qualities, gaps, strict=True):
+    for load, (a, b, pre, mb, share, step1, step_full, q, gap) in zip(loads, rows, strict=True):
         if not load.healthy:
-            rows += _ZERO_ROW
-            tot_mb -= mb
-            n_present -= 1
+            v += _ZERO_ROW
             continue
         fl = load.in_flight
         qd = load.queued
@@ -305,17 +317,16 @@ def _values(request: RouteRequest, cluster: ClusterView) -> list[float]:
             fits = 0.0
         x9 = (slack - est) * inv_dl
         x11 = (est + full - prefill) * inv_rc
-        rows += (1.0, q, gap, 1.0 if x3 > 1.0 else x3, 1.0 if x4 > 1.0 else x4,
-                 1.0 if x5 > 1.0 else x5, 1.0 if x6 > 1.0 else x6, x7, fits,
-                 -1.0 if x9 < -1.0 else 1.0 if x9 > 1.0 else x9, share,
-                 1.0 if x11 > 1.0 else x11)
+        v += (1.0, q, gap, 1.0 if x3 > 1.0 else x3, 1.0 if x4 > 1.0 else x4,
+              1.0 if x5 > 1.0 else x5, 1.0 if x6 > 1.0 else x6, x7, fits,
+              -1.0 if x9 < -1.0 else 1.0 if x9 > 1.0 else x9, share, 1.0 if x11 > 1.0 else x11)
 
     # -- global block, the rest --
     x = tot_q / tot_mb / RATIO_CLIP if tot_mb else 0.0
-    v += (1.0 if t0 > 1.0 else t0, 1.0 if t1 > 1.0 else t1, 1.0 if t2 > 1.0 else t2,
-          n / MAX_INSTANCES, best_fit, n_fit / n_present if n_present else 0.0,
-          tot_in / tot_mb if tot_mb else 0.0, 1.0 if x > 1.0 else x)
-    v += rows
+    v[_RATES_END:GLOBAL_DIM] = (
+        1.0 if t0 > 1.0 else t0, 1.0 if t1 > 1.0 else t1, 1.0 if t2 > 1.0 else t2,
+        n / MAX_INSTANCES, best_fit, n_fit / n_present if n_present else 0.0,
+        tot_in / tot_mb if tot_mb else 0.0, 1.0 if x > 1.0 else x)
     return v
 
 
