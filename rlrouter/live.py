@@ -34,7 +34,7 @@ from rlrouter.evaluation import Scenario
 
 
 async def run_live(router: str, scenario: Scenario, seed: int, scheduler: str = "edf",
-                   progress=print) -> tuple[ScoreBoard, int]:
+                   progress=print, router_options: dict | None = None) -> tuple[ScoreBoard, int]:
     from quicgw.backends.process import BackendProcess, running_backends
     from quicgw.client import APIError, AsyncClient, RequestTimeout
     from quicgw.config import parse_config
@@ -53,7 +53,7 @@ async def run_live(router: str, scenario: Scenario, seed: int, scheduler: str = 
         await stack.enter_async_context(running_backends(procs))
         config = parse_config({
             "gateway": {"host": "127.0.0.1", "port": 0, "scheduler": scheduler,
-                        "router": router},
+                        "router": router, "router_options": router_options or {}},
             "backends": [{"name": inst.name, "model": inst.model, "gpu": inst.gpu, "url": p.url}
                          for inst, p in zip(instances, procs, strict=True)],
         })
@@ -103,10 +103,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--load-scale", type=float, default=1.0)
+    ap.add_argument("--router-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="router keyword option, as the gateway's router_options (e.g. "
+                         "--router slackfit:0.35/0.35/0.8 --router-option reserve=0.625)")
     args = ap.parse_args(argv)
+    options = {}
+    for kv in args.router_option:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            ap.error(f"--router-option wants KEY=VALUE, got {kv!r}")
+        try:
+            options[key] = float(value)
+        except ValueError:
+            options[key] = value
     sc = Scenario(args.cluster, args.workload, args.duration, load_scale=args.load_scale)
-    sim = sc.run(create_router(args.router), args.seed)
-    board, errors = asyncio.run(run_live(args.router, sc, args.seed))
+    sim = sc.run(create_router(args.router, **options), args.seed)
+    board, errors = asyncio.run(run_live(args.router, sc, args.seed, router_options=options))
     live = board.score
     print(f"simulator: score {sim.score:.4f}; live: score {live:.4f}, "
           f"attainment {', '.join(f'{c} {board.attainment(c):.2f}' for c in board.per_class)}, "
