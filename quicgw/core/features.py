@@ -84,8 +84,11 @@ class RateEstimator:
     def all_rates(self, keys: Iterable[str], now: float) -> dict[str, tuple[float, ...]]:
         self._decay(now)
         zero = (0.0,) * len(self.windows)
-        got = self._rates
-        return {k: got.get(k, zero) for k in keys}
+        get = self._rates.get
+        out = {}
+        for k in keys:  # a plain loop: cheaper than a comprehension's frame for a few keys
+            out[k] = get(k, zero)
+        return out
 
 
 # -- the observation ------------------------------------------------------------------------
@@ -210,7 +213,8 @@ def _static(instances: Sequence[InstanceInfo]) -> _Static:
 def _predict(tau0: float, tau1: float, max_batch: int, prefill_s: float, occupied: int,
              output_tokens: int) -> float:
     """Count-based latency prediction: the one formula behind :func:`predicted_latency_s` and
-    the observation's ``predicted_latency``/``fits``/``margin`` features."""
+    the observation's ``predicted_latency``/``fits``/``margin``/``tail_latency`` features
+    (``_values`` has it inline, pinned to this by tests/test_fastpaths.py)."""
     step = tau0 + tau1 * (max_batch if occupied + 1 > max_batch else occupied + 1)
     over = occupied + 1 - max_batch
     wait = over / max_batch * output_tokens * step if over > 0 else 0.0
@@ -296,7 +300,11 @@ def _values(request: RouteRequest, cluster: ClusterView) -> list[float]:
         tot_in += fl
         tot_q += qd
         prefill = pre * inp
-        est = _predict(a, b, mb, prefill, fl + qd, outp)
+        # _predict(a, b, mb, prefill, fl + qd, outp), inline: the call is a tenth of a decision
+        # (tests/test_fastpaths.py pins this to predicted_latency_s).
+        occ = fl + qd + 1
+        step = a + b * (mb if occ > mb else occ)
+        est = (((occ - mb) / mb * outp * step) if occ > mb else 0.0) + prefill + outp * step
         full = prefill + outp * step_full
         x3 = (prefill + outp * step1) * inv_rc
         x4 = full * inv_rc
