@@ -82,7 +82,8 @@ class RateEstimator:
         return self._rates.get(key) or (0.0,) * len(self.windows)
 
     def all_rates(self, keys: Iterable[str], now: float) -> dict[str, tuple[float, ...]]:
-        self._decay(now)
+        if now != self._now:  # else _decay is a no-op (the simulator calls this after observe)
+            self._decay(now)
         zero = (0.0,) * len(self.windows)
         get = self._rates.get
         out = {}
