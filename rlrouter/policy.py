@@ -93,7 +93,7 @@ class NumpyQPolicy:
             obs = obs.astype(np.float32)
         x = obs[GLOBAL_DIM:GLOBAL_DIM + n * INSTANCE_DIM].reshape(n, INSTANCE_DIM)
         if n and x[:, 0].min() > 0.5:
-            return self._q_all_present(obs[:GLOBAL_DIM], x, n) + self.b3
+            return self.q_all_present(obs[:GLOBAL_DIM], x) + self.b3
         return self._q_masked(obs, n)
 
     def _workspace(self, n: int) -> tuple[np.ndarray, ...]:
@@ -106,11 +106,12 @@ class NumpyQPolicy:
         self._work[n] = ws
         return ws
 
-    def _q_all_present(self, g: np.ndarray, x: np.ndarray, n: int) -> np.ndarray:
-        """Q-values (without b3) when the first ``n`` slots are all present, from the global
-        features ``g`` and the (n, INSTANCE_DIM) slot features ``x``: 10 numpy calls on
-        contiguous float32 buffers, no allocation. The result is a buffer the next call
-        overwrites."""
+    def q_all_present(self, g: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Q-values without b3 (a constant; the decision skips it) when every slot of ``x`` is
+        present, from views of one observation: the global features ``g`` and the
+        (n, INSTANCE_DIM) slot block ``x`` (float32). 10 numpy calls on contiguous buffers, no
+        allocation; the result is a buffer that the next call overwrites."""
+        n = len(x)
         ws = self._work.get(n) or self._workspace(n)
         w2c, ones, h, gw, z, c, csum, q = ws
         x.dot(self._W1i_b, out=h)
@@ -134,14 +135,9 @@ class NumpyQPolicy:
             obs = obs.astype(np.float32)
         x = obs[GLOBAL_DIM:GLOBAL_DIM + n * INSTANCE_DIM].reshape(n, INSTANCE_DIM)
         if all_present or (all_present is None and x[:, 0].min() > 0.5):
-            return int(self._q_all_present(obs[:GLOBAL_DIM], x, n).argmax())
+            return int(self.q_all_present(obs[:GLOBAL_DIM], x).argmax())
         q = self._q_masked(obs, n)
         return -1 if q.max() <= NEG else int(q.argmax())
-
-    def best_all_present(self, g: np.ndarray, x: np.ndarray) -> int:
-        """:meth:`best` when every slot of ``x`` is routable, from views the caller keeps (the
-        global features and the (n, INSTANCE_DIM) slot block of an observation buffer)."""
-        return int(self._q_all_present(g, x, len(x)).argmax())
 
     def _q_masked(self, obs: np.ndarray, n: int) -> np.ndarray:
         g = obs[:GLOBAL_DIM]

@@ -167,7 +167,7 @@ class DQNRouter:
         if views is None:
             views = self._views[n] = (obs[:GLOBAL_DIM], obs[GLOBAL_DIM:GLOBAL_DIM + n * INSTANCE_DIM]
                                       .reshape(n, INSTANCE_DIM))
-        return self.policy.best_all_present(views[0], views[1])
+        return int(self.policy.q_all_present(views[0], views[1]).argmax())
 
 
 def baseline_routers(seed: int = 0) -> dict[str, Router]:

@@ -269,14 +269,16 @@ class Simulator:
             f2 = finish[rid] + stall + tau1 * (left if left < output_tokens else output_tokens)
             if r.admitted is None and r.priority > priority:
                 f2 += turn
+            if dry:
+                if f2 > due[rid]:
+                    lost += credit[rid]
+                continue
+            finish[rid] = f2
             if f2 > due[rid]:
                 lost += credit[rid]
-                if not dry:
-                    credit[rid] = 0.0
+                credit[rid] = 0.0
             else:
                 append(r)
-            if not dry:
-                finish[rid] = f2
         if not dry:
             self._holding[i] = keep
         return lost

@@ -342,13 +342,9 @@ def _values(request: RouteRequest, cluster: ClusterView) -> list[float]:
 _packers: dict[int, struct.Struct] = {}
 
 
-def _pack(values: list[float], out: np.ndarray) -> None:
-    """Write ``values`` as float32 to the start of ``out`` (C-contiguous float32): one C call,
-    with the same float64 -> float32 rounding as a numpy assignment."""
-    p = _packers.get(len(values))
-    if p is None:
-        p = _packers[len(values)] = struct.Struct(f"{len(values)}f")  # native: no padding
-    p.pack_into(out, 0, *values)
+def _packer(size: int) -> struct.Struct:
+    p = _packers[size] = struct.Struct(f"{size}f")  # native float32, no padding
+    return p
 
 
 def observation(request: RouteRequest, cluster: ClusterView) -> np.ndarray:
@@ -358,7 +354,7 @@ def observation(request: RouteRequest, cluster: ClusterView) -> np.ndarray:
     table order (priority order); the i-th entry fills class slot i.
     """
     vec = np.zeros(OBS_DIM, dtype=np.float32)
-    _pack(_values(request, cluster), vec)
+    observation_into(request, cluster, vec)
     return vec
 
 
@@ -367,7 +363,9 @@ def observation_into(request: RouteRequest, cluster: ClusterView, out: np.ndarra
     C-contiguous float32 array of at least that length; the rest is left as it is) and return
     n, the number of instances: :func:`observation` without the allocation and zero padding,
     for a caller that keeps its own buffer (the dqn router's decision)."""
-    _pack(_values(request, cluster), out)
+    values = _values(request, cluster)
+    # One C call, with the same float64 -> float32 rounding as a numpy assignment.
+    (_packers.get(len(values)) or _packer(len(values))).pack_into(out, 0, *values)
     return len(cluster.instances)
 
 

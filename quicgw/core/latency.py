@@ -128,6 +128,7 @@ class Iteration:
 
 
 POLICIES = ("fcfs", "priority")
+_INF = math.inf
 
 
 @dataclass(slots=True)
@@ -345,8 +346,10 @@ class BatchEngine:
             # Steady state: the batch can only change when a running request finishes.
             step = tau0 + tau1 * len(running)
             k = ends[0][0] - iters - 1
-            if t != math.inf:
-                k = min(k, int((t - now) / step))
+            if t != _INF:
+                kt = int((t - now) / step)
+                if kt < k:
+                    k = kt
             if k > 0:
                 iters += k
                 now += k * step
