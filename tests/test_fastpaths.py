@@ -269,3 +269,17 @@ def test_dqn_decision_is_the_argmax_of_q_values():
             continue
         q = policy.q_values(observation(req, view), n)
         assert router.route(req, view) == int(np.argmax(np.where(healthy, q, NEG)))
+
+
+def test_fast_forward_computes_the_network_definition():
+    """The all-present forward pass (folded biases, pre-divided pooling weights, reused
+    buffers) computes what the plain batched formula does, for any slot count."""
+    policy = NumpyQPolicy.load()
+    rng = np.random.default_rng(4)
+    for n in (1, 2, 4, 10, 16):
+        obs = rng.uniform(-1, 1, (200, OBS_DIM)).astype(np.float32)
+        inst = obs[:, GLOBAL_DIM:].reshape(200, MAX_INSTANCES, INSTANCE_DIM)
+        inst[:, :n, 0] = 1.0
+        inst[:, n:, :] = 0.0
+        fast = np.stack([policy.q_values(o, n) for o in obs])
+        np.testing.assert_allclose(fast, policy.q_values_batch(obs)[:, :n], rtol=1e-5, atol=1e-5)
