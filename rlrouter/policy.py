@@ -98,8 +98,9 @@ class NumpyQPolicy:
 
     def _workspace(self, n: int) -> tuple[np.ndarray, ...]:
         h1, h2 = self._W1i_b.shape[1], self._h2
-        ws = (np.ascontiguousarray(self._W2c_b / np.float32(n)),  # mean pooling: / n up front
-              np.ones(n, np.float32),
+        ws = (self._W1i_b, self._W1g_b, self._W2h_b,
+              np.ascontiguousarray(self._W2c_b / np.float32(n)),  # mean pooling: / n up front
+              self.w3, np.ones(n, np.float32),
               np.empty((n, h1), np.float32), np.empty(h1, np.float32),
               np.empty((n, h2), np.float32), np.empty((n, h2), np.float32),
               np.empty(h2, np.float32), np.empty(n, np.float32))
@@ -113,19 +114,20 @@ class NumpyQPolicy:
         allocation; the result is a buffer that the next call overwrites."""
         n = len(x)
         ws = self._work.get(n) or self._workspace(n)
-        w2c, ones, h, gw, z, c, csum, q = ws
-        x.dot(self._W1i_b, out=h)
-        g.dot(self._W1g_b, out=gw)
-        _add(h, gw, out=h)
+        w1i, w1g, w2h, w2c, w3, ones, h, gw, z, c, csum, q = ws
+        # `out` positional where numpy allows it (cheaper than the keyword).
+        x.dot(w1i, h)
+        g.dot(w1g, gw)
+        _add(h, gw, h)
         _maximum(h, _ZERO, out=h)
-        h.dot(self._W2h_b, out=z)
-        h.dot(w2c, out=c)
+        h.dot(w2h, z)
+        h.dot(w2c, c)
         # The mean over instances (w2c is pre-divided by n): the column sum of c, as a
         # matrix-vector product (cheaper than add.reduce, and the same sequential sum: tested).
-        ones.dot(c, out=csum)
-        _add(z, csum, out=z)
+        ones.dot(c, csum)
+        _add(z, csum, z)
         _maximum(z, _ZERO, out=z)
-        z.dot(self.w3, out=q)
+        z.dot(w3, q)
         return q
 
     def best(self, obs: np.ndarray, n: int, all_present: bool | None = None) -> int:

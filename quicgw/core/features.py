@@ -159,16 +159,16 @@ class _Static:
     total_batch: int  # sum of max_batch
     capacity_rps: float
     rate_scale: float  # rates are read relative to half the cluster's nominal capacity
-    _by_task: dict[str, list[tuple]] = field(default_factory=dict)
+    by_task: dict[str, list[tuple]] = field(default_factory=dict)  # task_rows' cache
 
     def qualities(self, task: str) -> list[float]:
         return [i.quality.get(task, min(i.quality.values())) for i in self.instances]
 
     def task_rows(self, task: str) -> list[tuple]:
         """``rows`` extended with (quality, quality gap) for a task, every instance healthy."""
-        got = self._by_task.get(task)
+        got = self.by_task.get(task)
         if got is None:
-            got = self._by_task[task] = self._with_quality(task, [True] * len(self.rows))
+            got = self.by_task[task] = self._with_quality(task, [True] * len(self.rows))
         return got
 
     def healthy_rows(self, task: str, loads: Sequence[InstanceLoad]) -> tuple[list[tuple], int, int]:
@@ -278,11 +278,14 @@ def _values(request: RouteRequest, cluster: ClusterView) -> list[float]:
         t2 += r2
         v += (1.0 if r0 > 1.0 else r0, 1.0 if r1 > 1.0 else r1, 1.0 if r2 > 1.0 else r2)
     if len(v) != _RATES_END:  # slots past the table's classes stay 0; classes past 4 count in totals
-        v = v[:_RATES_END] if len(v) > _RATES_END else v + _ZERO_RATES[:_RATES_END - len(v)]
+        if len(v) > _RATES_END:
+            del v[_RATES_END:]
+        else:
+            v += _ZERO_RATES[:_RATES_END - len(v)]
     v += _ZERO_TAIL  # filled below, once the instances are seen
 
     # -- instance blocks (order follows INSTANCE_FEATURES) --
-    rows = st.task_rows(request.task)
+    rows = st.by_task.get(request.task) or st.task_rows(request.task)
     n_present = n
     tot_mb = st.total_batch
     for load in loads:
@@ -302,10 +305,15 @@ def _values(request: RouteRequest, cluster: ClusterView) -> list[float]:
         tot_q += qd
         prefill = pre * inp
         # _predict(a, b, mb, prefill, fl + qd, outp), inline: the call is a tenth of a decision
-        # (tests/test_fastpaths.py pins this to predicted_latency_s).
+        # (tests/test_fastpaths.py pins this to predicted_latency_s). Without a wait, its
+        # `0.0 + prefill` is prefill (never -0.0), so that branch skips the add.
         occ = fl + qd + 1
-        step = a + b * (mb if occ > mb else occ)
-        est = (((occ - mb) / mb * outp * step) if occ > mb else 0.0) + prefill + outp * step
+        if occ > mb:
+            step = a + b * mb
+            est = (occ - mb) / mb * outp * step + prefill + outp * step
+        else:
+            step = a + b * occ
+            est = prefill + outp * step
         full = prefill + outp * step_full
         x3 = (prefill + outp * step1) * inv_rc
         x4 = full * inv_rc
