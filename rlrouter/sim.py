@@ -200,7 +200,7 @@ class Simulator:
         if self.reward_mode == "shaped":
             due = deadline_abs if self.network is None else (
                 deadline_abs - self._response_delay_guess(k))
-            finish = now + self._predicted_latency(engine, k)
+            finish = now + self._predicted_latency(engine, inp, out, prio)
             credit = self._weights[c] * self._quality[index][self._task[k]] if finish <= due else 0.0
             self._credit[k] = credit
             self._finish[k] = finish
@@ -283,14 +283,14 @@ class Simulator:
             self._holding[i] = keep
         return lost
 
-    def _predicted_latency(self, engine: BatchEngine, k: int) -> float:
-        """The engine's own prediction for request ``k``, plus the batch stalls of the requests
+    def _predicted_latency(self, engine: BatchEngine, input_tokens: int, output_tokens: int,
+                           priority: int) -> float:
+        """The engine's own prediction for a request, plus the batch stalls of the requests
         queued ahead of it: each is prefilled in some iteration this request waits through or
         runs in (the engine's predictor counts their decode tokens, not their prefills)."""
-        prio = self._prio[self._cls[k]]
-        est = engine.estimate_latency_s(self._inp[k], self._out[k], prio)
+        est = engine.estimate_latency_s(input_tokens, output_tokens, priority)
         if engine._n_waiting:
-            est += engine.model.prefill_s_per_token * engine.queued_ahead(prio)[1]
+            est += engine.model.prefill_s_per_token * engine.queued_ahead(priority)[1]
         return est
 
     def preview(self, index: int) -> float:
@@ -301,7 +301,7 @@ class Simulator:
         k = self._order[self._pos]
         c = self._cls[k]
         engine = self.engines[index]
-        est = self._predicted_latency(engine, k)
+        est = self._predicted_latency(engine, self._inp[k], self._out[k], self._prio[c])
         due = self._sent[k] + self._deadline[c] - self._response_delay_guess(k)
         q = self._quality[index][self._task[k]]
         credit = self._weights[c] * q if self.now + est <= due else 0.0

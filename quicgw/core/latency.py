@@ -193,7 +193,7 @@ class BatchEngine:
 
     # -- input ---------------------------------------------------------------------------
     def submit(self, request: EngineRequest) -> None:
-        if request.kv_tokens > self.model.kv_capacity_tokens:
+        if request.input_tokens + request.output_tokens > self.model.kv_capacity_tokens:
             raise ValueError(
                 f"request needs {request.kv_tokens} KV tokens; the instance holds "
                 f"{self.model.kv_capacity_tokens}"
