@@ -348,6 +348,7 @@ def _values(request: RouteRequest, cluster: ClusterView) -> list[float]:
 
 
 _packers: dict[int, struct.Struct] = {}
+_F32 = np.dtype(np.float32)
 
 
 def _packer(size: int) -> struct.Struct:
@@ -361,7 +362,7 @@ def observation(request: RouteRequest, cluster: ClusterView) -> np.ndarray:
     ``cluster.rates`` maps class name -> rate estimates over :data:`RATE_WINDOWS_S`, in class
     table order (priority order); the i-th entry fills class slot i.
     """
-    vec = np.zeros(OBS_DIM, dtype=np.float32)
+    vec = np.zeros(OBS_DIM, _F32)
     observation_into(request, cluster, vec)
     return vec
 
