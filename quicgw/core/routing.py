@@ -45,7 +45,9 @@ class InstanceLoad:
     engine: BatchEngine | None = None  # the simulator exposes the engine for exact predictions
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs 5x more (object.__setattr__ per field), and the
+# simulator builds one per decision. Routers must treat it as read-only.
+@dataclass(slots=True)
 class RouteRequest:
     class_name: str
     class_priority: int

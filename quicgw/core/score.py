@@ -23,8 +23,10 @@ class ScoreBoard:
         reward = request_reward(quality, met, weight)
         self.weighted_reward += reward
         self.weight_total += weight
-        c = self.per_class.setdefault(
-            class_name, {"requests": 0, "met": 0, "completed": 0, "reward": 0.0, "weight": 0.0})
+        c = self.per_class.get(class_name)
+        if c is None:  # (setdefault would build this dict on every call)
+            c = self.per_class[class_name] = {
+                "requests": 0, "met": 0, "completed": 0, "reward": 0.0, "weight": 0.0}
         c["requests"] += 1
         c["met"] += int(met)
         c["completed"] += int(latency_s is not None)
