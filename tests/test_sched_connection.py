@@ -10,6 +10,7 @@ import random
 from collections import defaultdict
 
 import pytest
+from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import StreamDataReceived, StreamReset
 
@@ -371,13 +372,20 @@ def test_streams_held_by_flow_control_are_parked_and_woken(name):
 
 
 def test_stream_limit_blocked_streams_wait_for_max_streams():
-    def four_streams(link):
-        limit = link.server._local_max_streams_bidi
-        limit.value = limit.sent = 4
-
-    link = make_link(client="edf", prepare=four_streams)
+    # The server lets the client open 4 streams at a time (max_streams_bidi=4): the other 8
+    # wait for MAX_STREAMS and all 12 complete.
+    link = SimulatedLink.pair(
+        scheduled("edf"),
+        functools.partial(ScheduledQuicConnection, scheduler="rr", max_streams_bidi=4),
+        client_config={"congestion_control_algorithm": WINDOW},
+        server_config={"congestion_control_algorithm": WINDOW}, delay=0.01)
+    link.connect()
+    assert link.client._remote_max_streams_bidi == 4
     receiver, ids = upload(link, [(3_000, None)] * 12, echo=True)
     assert len(receiver.done) == 12
+    with pytest.raises(ValueError):
+        ScheduledQuicConnection(configuration=QuicConfiguration(is_client=True),
+                                max_streams_bidi=0)
 
 
 def test_peer_opened_streams_are_discarded_and_limits_raised():

@@ -36,7 +36,6 @@ closes with H3_NO_ERROR. New connections during the shutdown are closed at once.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -95,29 +94,6 @@ def server_configuration(certfile: str, keyfile: str, *, idle_timeout: float = 6
         config.max_datagram_size = max_datagram_size
     config.load_cert_chain(certfile, keyfile)
     return config
-
-
-def set_peer_stream_limit(quic: ScheduledQuicConnection, max_streams: int) -> None:
-    """Let the peer open ``max_streams`` concurrent bidirectional streams (requests).
-
-    aioquic hard-codes an initial limit of 128 and has no setting for it, so this sets its
-    ``Limit`` before the handshake sends the transport parameters (aioquic 1.7 internals, the
-    version pyproject pins). The limit is then raised by one per closed stream, as aioquic does.
-    A peer that opens more is closed with STREAM_LIMIT_ERROR by aioquic.
-    """
-    limit = quic._local_max_streams_bidi
-    limit.value = limit.sent = max_streams
-
-
-def _takes_max_streams(cls: type) -> bool:
-    """Whether the connection class sets the stream limit itself (``max_streams_bidi=``)."""
-    try:
-        return "max_streams_bidi" in inspect.signature(cls.__init__).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-_NATIVE_STREAM_LIMIT = _takes_max_streams(ScheduledQuicConnection)
 
 
 class _WriterStalled(Exception):
@@ -592,12 +568,10 @@ class H3Server(asyncio.DatagramProtocol):
         conn = self.connections.get(header.destination_cid)
         if (conn is None and len(data) >= SMALLEST_MAX_DATAGRAM_SIZE
                 and header.packet_type == QuicPacketType.INITIAL):
-            kwargs = {"max_streams_bidi": self.max_streams} if _NATIVE_STREAM_LIMIT else {}
             quic = self.connection_factory(
                 configuration=self.configuration, scheduler=self.scheduler,
-                original_destination_connection_id=header.destination_cid, **kwargs)
-            if not _NATIVE_STREAM_LIMIT:
-                set_peer_stream_limit(quic, self.max_streams)
+                original_destination_connection_id=header.destination_cid,
+                max_streams_bidi=self.max_streams)
             conn = H3ServerConnection(self, quic)
             self.connections[header.destination_cid] = conn
             self.connections[quic.host_cid] = conn

@@ -138,8 +138,10 @@ class ScheduledQuicConnection(QuicConnection):
     """A QuicConnection whose stream scheduler decides which stream's bytes fill each packet.
 
     ``scheduler`` is a name from :data:`SCHEDULERS` or a :class:`StreamScheduler` instance;
-    ``scheduler_options`` go to the named scheduler's constructor. All other keyword arguments
-    are QuicConnection's.
+    ``scheduler_options`` go to the named scheduler's constructor. ``max_streams_bidi`` is how
+    many concurrent bidirectional streams the peer may open (aioquic hard-codes 128 and has no
+    setting; the limit is raised by one per closed stream as aioquic does, and a peer that opens
+    more is closed with STREAM_LIMIT_ERROR). All other keyword arguments are QuicConnection's.
     """
 
     def __init__(
@@ -147,13 +149,20 @@ class ScheduledQuicConnection(QuicConnection):
         *,
         scheduler: str | StreamScheduler = "rr",
         scheduler_options: dict | None = None,
+        max_streams_bidi: int | None = None,
         **kwargs,
     ) -> None:
         if isinstance(scheduler, StreamScheduler):
             self._scheduler = scheduler
         else:
             self._scheduler = make_scheduler(scheduler, **(scheduler_options or {}))
+        if max_streams_bidi is not None and max_streams_bidi < 1:
+            raise ValueError(f"max_streams_bidi must be >= 1, got {max_streams_bidi}")
         super().__init__(**kwargs)
+        if max_streams_bidi is not None:
+            # Before the handshake sends the transport parameters (aioquic 1.7 internals).
+            limit = self._local_max_streams_bidi
+            limit.value = limit.sent = max_streams_bidi
         self.scheduler_name = self._scheduler.name
         # A congestion controller with a rate model (quicgw.congestion's bbr) paces at its own
         # rate: aioquic's pacer would run at cwnd / smoothed RTT. It also wants to know when
