@@ -39,6 +39,7 @@ from netem.cleanup import cleanup, namespace_pids, remove_namespace
 from netem.ipcmd import NetemError, Runner, die_with_parent, require_tool
 from netem.profiles import LinkProfile
 from netem.tc import netem_available, qdisc_command
+from quicgw.runtime import stop_process
 
 EMULATORS = ("auto", "tc", "userspace")
 TUN_TXQUEUELEN = 10000
@@ -326,19 +327,7 @@ class Topology:
 
     @staticmethod
     def stop(proc: subprocess.Popen, grace: float = 3.0) -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        for f in (proc.stdin, proc.stdout, proc.stderr):
-            if f is not None:
-                try:
-                    f.close()
-                except OSError:
-                    pass
+        stop_process(proc, grace, kill_timeout_s=5)
 
     def down(self) -> None:
         """Stop every process and remove every namespace (and so every link) of this run.

@@ -8,6 +8,28 @@ import contextlib
 import os
 import resource
 import signal
+import subprocess
+from collections.abc import Callable
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float, *,
+                 ask: Callable[[subprocess.Popen], None] = subprocess.Popen.terminate,
+                 kill_timeout_s: float | None = None) -> int | None:
+    """Stop a child process: ``ask`` it (SIGTERM by default), give it ``timeout_s``, then
+    SIGKILL (and wait ``kill_timeout_s``, forever by default); close its pipes. Returns its exit
+    code (None only if it outlived ``kill_timeout_s``)."""
+    if proc.poll() is None:
+        ask(proc)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(kill_timeout_s)
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+    return proc.returncode
 
 
 def raise_fd_limit() -> None:

@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 from quicgw.backends.cli import READY_MARKER
+from quicgw.runtime import stop_process
 
 
 class BackendProcess:
@@ -95,19 +96,7 @@ class BackendProcess:
     def stop(self, timeout_s: float = 5.0) -> int | None:
         """Stop the child (SIGTERM, then SIGKILL after ``timeout_s``); returns its exit code."""
         proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None:
-                pipe.close()
-        return proc.returncode
+        return None if proc is None else stop_process(proc, timeout_s)
 
     def __enter__(self) -> BackendProcess:
         self.start()

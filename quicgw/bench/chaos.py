@@ -39,7 +39,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from quicgw.bench.load import GatewayProcess, percentile
-from quicgw.runtime import event_loop_factory
+from quicgw.runtime import event_loop_factory, raise_fd_limit
 
 MODEL = "llama-3.2-1b"
 CLASSES = ("realtime", "free", "bulk")
@@ -249,8 +249,6 @@ def main(argv: list[str] | None = None) -> int:
 
     say(f"chaos: {a.requests} requests, {a.concurrency} in flight, {a.backends} backends "
         f"killed and restarted at random (seed {a.seed})")
-    from quicgw.runtime import raise_fd_limit
-
     raise_fd_limit()
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         res = runner.run(run_chaos(a.requests, a.seed, a.concurrency, a.connections, a.backends,

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from quicgw.runtime import event_loop_factory, stop_event
+from quicgw.runtime import event_loop_factory, raise_fd_limit, stop_event, stop_process
 
 READY = "quicgw-bench-gateway-ready "
 
@@ -110,17 +110,8 @@ class GatewayProcess:
         proc, self.proc = self.proc, None
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.stdin.close()  # graceful: GOAWAY and drain
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None and not pipe.closed:
-                pipe.close()
-        return proc.returncode
+        # Graceful: stdin EOF makes the gateway send GOAWAY and drain.
+        return stop_process(proc, timeout_s, ask=lambda p: p.stdin.close())
 
     def __enter__(self) -> GatewayProcess:
         return self.start()
@@ -184,8 +175,6 @@ def _dump_state(gw) -> None:
 
 
 def serve_gateway_main(config_json: str) -> int:
-    from quicgw.runtime import raise_fd_limit
-
     raise_fd_limit()
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         return runner.run(_serve_gateway(config_json))
@@ -366,8 +355,6 @@ def main(argv: list[str] | None = None) -> int:
 
     say(f"load: {a.streams} streams over {a.connections} connections, {a.warmup:g} s warm-up "
         f"+ {a.seconds:g} s measured")
-    from quicgw.runtime import raise_fd_limit
-
     raise_fd_limit()
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         res = runner.run(run_load(a.streams, a.connections, a.seconds, a.warmup, a.backends,
