@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quicgw.core.classes import DEFAULT_CLASS_TABLE
 from rlrouter.evaluation import TEST_SEEDS, VALIDATION_SEEDS, Scenario, evaluate, mean_score
 from rlrouter.network import NETWORK_SCHEDULERS
 from rlrouter.policy import NumpyQPolicy
@@ -204,7 +205,7 @@ def tune_slackfit(duration: float) -> None:
         print(f"margin {m:.2f}: mean validation score {x:.4f}", flush=True)
     single = max(scores, key=scores.get)
     print(f"best single margin {single:.2f} ({scores[single]:.4f}): TUNED_MARGIN", flush=True)
-    n_classes = len(Scenario("poster").arrivals(VALIDATION_SEEDS[0]).class_names)
+    n_classes = len(DEFAULT_CLASS_TABLE)  # the workloads' classes
 
     def ascend(params: list, choices: list[list], best: float) -> tuple[list, float]:
         """Coordinate ascent: two passes, one parameter at a time over its grid."""
