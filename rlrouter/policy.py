@@ -11,6 +11,12 @@ Architecture (shared weights over instance slots, so one policy serves any clust
 
 The file is a ``.npz`` with arrays ``W1 b1 W2 b2 w3 b3`` (float32, ``x @ W`` convention) and a
 ``meta`` JSON string (training config, feature layout sizes) checked at load time.
+
+When every slot is present (the router's usual case) the hidden layers run compiled
+(:func:`_hidden`, numba, biases folded into the weights), computing what numpy's matrix products
+do to the bit; the dqn router's decision is one compiled call (:func:`_decide`: the observation
+kernel of quicgw.core.features, then the hidden layers), one numpy matrix-vector product for the
+Q-values and an argmax. With absent slots the plain numpy formula runs (``_q_masked``).
 """
 
 from __future__ import annotations
@@ -21,13 +27,92 @@ from pathlib import Path
 
 import numpy as np
 
+from quicgw.core import features
 from quicgw.core.features import GLOBAL_DIM, INSTANCE_DIM, MAX_INSTANCES
 
 POLICY_DIR = "policies"
 DEFAULT_POLICY = "dqn.npz"
 NEG = np.float32(-1e9)
-_add, _maximum = np.add, np.maximum
-_ZERO = np.zeros((), np.float32)  # relu's 0 as an array: no scalar conversion per call
+
+
+# -- the compiled forward pass ----------------------------------------------------------------
+#
+# The hidden layers of the all-present fast path, compiled with numba (see
+# quicgw.core.features.jit): each output of a matrix product is accumulated in input order with
+# fused multiply-adds in float32 (fastmath "contract" and nothing else), which is how OpenBLAS's
+# sgemm/sgemv kernels sum, so the hidden activations equal numpy's `x @ W` to the bit
+# (tests/test_fastpaths.py pins them to the plain numpy products). The last layer (a dot product
+# per slot, which OpenBLAS sums in lanes) stays a numpy call.
+
+
+def _hidden(obs, n, w, z):  # compiled: see above
+    """z = relu(h @ W2h + b2 + sum_i h_i @ (W2c / n)), h = relu(x @ W1i + b1 + g @ W1g), from
+    the flat observation ``obs`` (global features, then n slots) and ``packed`` weights."""
+    h1 = w.shape[1]
+    h2 = z.shape[1]
+    r2 = INSTANCE_DIM + GLOBAL_DIM
+    r3 = r2 + h1
+    zero = np.float32(0.0)
+    gw = np.zeros(h1, np.float32)
+    for k in range(GLOBAL_DIM):
+        gk = obs[k]
+        for j in range(h1):
+            gw[j] += gk * w[INSTANCE_DIM + k, j]
+    h = np.zeros(h1, np.float32)
+    c = np.zeros(h2, np.float32)
+    csum = np.zeros(h2, np.float32)
+    for i in range(n):
+        o = GLOBAL_DIM + INSTANCE_DIM * i
+        for j in range(h1):
+            h[j] = zero
+        for k in range(INSTANCE_DIM):
+            xk = obs[o + k]
+            for j in range(h1):
+                h[j] += xk * w[k, j]
+        for j in range(h1):
+            v = h[j] + gw[j]
+            h[j] = v if v > zero or v != v else zero  # np.maximum(v, 0): NaN stays
+        for j in range(h2):
+            z[i, j] = zero
+            c[j] = zero
+        for k in range(h1):
+            hk = h[k]
+            for j in range(h2):
+                z[i, j] += hk * w[r2 + k, j]
+                c[j] += hk * w[r3 + k, j]
+        for j in range(h2):  # the pooled term: the column sum of c over slots, in slot order
+            csum[j] += c[j]
+    for i in range(n):
+        for j in range(h2):
+            v = z[i, j] + csum[j]
+            z[i, j] = v if v > zero or v != v else zero
+    return n
+
+
+def _decide(req, st, obs, w, z):  # compiled: the router's observation and hidden layers
+    """The observation (quicgw.core.features' kernel) into ``obs``, then, if every instance is
+    healthy, the hidden layers into ``z``; returns n, or -1 (an unhealthy instance: the
+    caller takes the masked path on ``obs``)."""
+    n = st.shape[0]
+    if _fill_k(req, st, obs) < n:
+        return -1
+    return _hidden_k(obs, n, w, z)
+
+
+_fill_k = _hidden_k = _decide_k = None
+
+
+def _kernels():
+    """(hidden, decide), compiled on first use (or loaded from numba's cache)."""
+    global _fill_k, _hidden_k, _decide_k
+    if _decide_k is None:
+        _fill_k = features.kernel()
+        _hidden_k = features.jit(
+            _hidden, ["int64(float32[::1], int64, float32[:, ::1], float32[:, ::1])"],
+            fastmath={"contract"})
+        _decide_k = features.jit(_decide, ["int64(float64[::1], float64[:, ::1], float32[::1], "
+                                           "float32[:, ::1], float32[:, ::1])"])
+    return _hidden_k, _decide_k
 
 
 class NumpyQPolicy:
@@ -64,10 +149,11 @@ class NumpyQPolicy:
         self._W1g_b[:, :h] = self._W1g
         self._W2h_b = np.concatenate([self._W2h, self.b2[None, :]], axis=0)
         self._W2c_b = np.concatenate([self._W2c, np.zeros((1, self._h2), np.float32)], axis=0)
-        # Per slot count n: the pooling weights divided by n and preallocated buffers for every
-        # intermediate (`out=` everywhere: no allocation per decision). Reused across calls, so
-        # one policy object must not run two forward passes at once (threads).
-        self._work: dict[int, tuple[np.ndarray, ...]] = {}
+        # Per slot count n: the packed weights (pooling weights divided by n) and the output
+        # buffers. Reused across calls, so one policy object must not run two forward passes
+        # at once (threads).
+        self._packed: dict[int, np.ndarray] = {}
+        self._bufs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     # -- io ------------------------------------------------------------------------------------
     @classmethod
@@ -89,55 +175,56 @@ class NumpyQPolicy:
     # -- forward -------------------------------------------------------------------------------
     def q_values(self, obs: np.ndarray, n: int = MAX_INSTANCES) -> np.ndarray:
         """Q-values of the first ``n`` instance slots of one flat observation (absent: -1e9)."""
-        if obs.dtype != np.float32:  # the observation's own dtype (the buffers are float32)
-            obs = obs.astype(np.float32)
-        x = obs[GLOBAL_DIM:GLOBAL_DIM + n * INSTANCE_DIM].reshape(n, INSTANCE_DIM)
-        if n and x[:, 0].min() > 0.5:
-            return self.q_all_present(obs[:GLOBAL_DIM], x) + self.b3
+        if obs.dtype != np.float32 or not obs.flags.c_contiguous:  # what the kernel reads
+            obs = np.ascontiguousarray(obs, np.float32)
+        if n and obs[GLOBAL_DIM:GLOBAL_DIM + n * INSTANCE_DIM:INSTANCE_DIM].min() > 0.5:
+            return self.q_all_present(obs, n) + self.b3
         return self._q_masked(obs, n)
 
-    def _workspace(self, n: int) -> tuple[np.ndarray, ...]:
-        h1, h2 = self._W1i_b.shape[1], self._h2
-        ws = (self._W1i_b, self._W1g_b, self._W2h_b,
-              np.ascontiguousarray(self._W2c_b / np.float32(n)),  # mean pooling: / n up front
-              self.w3, np.ones(n, np.float32),
-              np.empty((n, h1), np.float32), np.empty(h1, np.float32),
-              np.empty((n, h2), np.float32), np.empty((n, h2), np.float32),
-              np.empty(h2, np.float32), np.empty(n, np.float32))
-        self._work[n] = ws
-        return ws
+    def packed(self, n: int) -> np.ndarray:
+        """The weights the compiled hidden layers read for ``n`` slots, one float32 array:
+        rows ``[0, INSTANCE_DIM)`` W1i (with b1 on the "present" row and the always-1 unit),
+        then GLOBAL_DIM rows of W1g, then h+1 rows of W2h (b2 on the last), then h+1 rows of
+        W2c / n (mean pooling as a sum), the last two padded to h+1 columns. Cached per n."""
+        w = self._packed.get(n)
+        if w is None:
+            h1, h2 = self._W1i_b.shape[1], self._h2
+            w = np.zeros((INSTANCE_DIM + GLOBAL_DIM + 2 * h1, h1), np.float32)
+            w[:INSTANCE_DIM] = self._W1i_b
+            w[INSTANCE_DIM:INSTANCE_DIM + GLOBAL_DIM] = self._W1g_b
+            w[INSTANCE_DIM + GLOBAL_DIM:INSTANCE_DIM + GLOBAL_DIM + h1, :h2] = self._W2h_b
+            w[INSTANCE_DIM + GLOBAL_DIM + h1:, :h2] = self._W2c_b / np.float32(n)
+            self._packed[n] = w
+        return w
 
-    def q_all_present(self, g: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Q-values without b3 (a constant; the decision skips it) when every slot of ``x`` is
-        present, from views of one observation: the global features ``g`` and the
-        (n, INSTANCE_DIM) slot block ``x`` (float32). 10 numpy calls on contiguous buffers, no
-        allocation; the result is a buffer that the next call overwrites."""
-        n = len(x)
-        ws = self._work.get(n) or self._workspace(n)
-        w1i, w1g, w2h, w2c, w3, ones, h, gw, z, c, csum, q = ws
-        # `out` positional where numpy allows it (cheaper than the keyword).
-        x.dot(w1i, h)
-        g.dot(w1g, gw)
-        _add(h, gw, h)
-        _maximum(h, _ZERO, out=h)
-        h.dot(w2h, z)
-        h.dot(w2c, c)
-        # The mean over instances (w2c is pre-divided by n): the column sum of c, as a
-        # matrix-vector product (cheaper than add.reduce, and the same sequential sum: tested).
-        ones.dot(c, csum)
-        _add(z, csum, z)
-        _maximum(z, _ZERO, out=z)
-        z.dot(w3, q)
+    def buffers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(z, q): the second hidden layer's (n, h2) output and the (n,) Q-values, reused."""
+        b = self._bufs.get(n)
+        if b is None:
+            b = self._bufs[n] = (np.empty((n, self._h2), np.float32), np.empty(n, np.float32))
+        return b
+
+    def q_all_present(self, obs: np.ndarray, n: int) -> np.ndarray:
+        """Q-values without b3 (a constant; the decision skips it) when the first ``n`` slots of
+        the flat observation ``obs`` (C-contiguous float32) are all present: the compiled
+        hidden layers, then one numpy matrix-vector product. The result is a buffer that the
+        next call overwrites."""
+        z, q = self._bufs.get(n) or self.buffers(n)
+        w = self._packed.get(n)
+        if w is None:
+            w = self.packed(n)
+        (_hidden_k or _kernels()[0])(obs, n, w, z)
+        z.dot(self.w3, q)
         return q
 
     def best(self, obs: np.ndarray, n: int, all_present: bool | None = None) -> int:
         """The argmax slot among the first ``n`` (the router's hot path); ``all_present``
         (when the caller knows every slot is routable) skips the check."""
-        if obs.dtype != np.float32:
-            obs = obs.astype(np.float32)
-        x = obs[GLOBAL_DIM:GLOBAL_DIM + n * INSTANCE_DIM].reshape(n, INSTANCE_DIM)
-        if all_present or (all_present is None and x[:, 0].min() > 0.5):
-            return int(self.q_all_present(obs[:GLOBAL_DIM], x).argmax())
+        if obs.dtype != np.float32 or not obs.flags.c_contiguous:
+            obs = np.ascontiguousarray(obs, np.float32)
+        if all_present or (all_present is None and obs[GLOBAL_DIM:GLOBAL_DIM + n * INSTANCE_DIM:
+                                                         INSTANCE_DIM].min() > 0.5):
+            return int(self.q_all_present(obs, n).argmax())
         q = self._q_masked(obs, n)
         return -1 if q.max() <= NEG else int(q.argmax())
 

@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from quicgw.core.features import (
-    GLOBAL_DIM,
-    INSTANCE_DIM,
+    _REQ_MIN,
     MAX_INSTANCES,
     OBS_DIM,
-    observation_into,
+    gather,
     predicted_latency_s,
 )
 from quicgw.core.routing import (
@@ -30,7 +29,7 @@ from quicgw.core.routing import (
     RouteRequest,
     StaticRouter,
 )
-from rlrouter.policy import NumpyQPolicy
+from rlrouter.policy import NumpyQPolicy, _kernels
 
 # slackfit-tuned's reserve: the fraction of the slack slack-fit keeps in hand, grid-searched on
 # the validation seeds (poster cluster, both workloads): `training/evaluate.py --tune-slackfit`.
@@ -139,8 +138,10 @@ class DQNRouter:
     """The learned router: the exported Q-network scores every instance from the shared
     observation; the best-scoring healthy instance wins. Torch-free.
 
-    The observation is written into a buffer the router keeps (with views of its global part
-    and instance block per cluster size), so a decision allocates nothing; one router object
+    A decision packs the request and the live counts into a buffer (features.gather), makes
+    one compiled call that writes the observation into the router's buffer and, when every
+    instance is healthy, runs the hidden layers (rlrouter.policy._decide), then one numpy
+    matrix-vector product and argmax. Nothing is allocated per decision; one router object
     serves one decision at a time.
     """
 
@@ -149,25 +150,33 @@ class DQNRouter:
     def __init__(self, policy: str | Path | NumpyQPolicy | None = None) -> None:
         self.policy = policy if isinstance(policy, NumpyQPolicy) else NumpyQPolicy.load(policy)
         self._obs = np.zeros(OBS_DIM, dtype=np.float32)
-        self._views: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._req = np.zeros(_REQ_MIN, dtype=np.float64)
+        self._decide = _kernels()[1]  # compiled now (or loaded from the cache), not mid-request
 
     def route(self, request: RouteRequest, cluster: ClusterView) -> int:
         n = len(cluster.instances)
         if n > MAX_INSTANCES:
             raise ValueError(f"the dqn router serves at most {MAX_INSTANCES} instances")
-        obs = self._obs
-        observation_into(request, cluster, obs)  # slots past n are never read
-        for load in cluster.loads:
-            if not load.healthy:
-                best = self.policy.best(obs, n, False)
-                if best < 0:
-                    raise NoInstanceAvailable("no healthy instance")
-                return best
-        views = self._views.get(n)
-        if views is None:
-            views = self._views[n] = (obs[:GLOBAL_DIM], obs[GLOBAL_DIM:GLOBAL_DIM + n * INSTANCE_DIM]
-                                      .reshape(n, INSTANCE_DIM))
-        return int(self.policy.q_all_present(views[0], views[1]).argmax())
+        policy = self.policy
+        obs, req = self._obs, self._req
+        try:
+            rows = gather(request, cluster, req)
+        except BufferError:  # a rate table of more than 16 classes
+            req = self._req = np.zeros(_REQ_MIN + 3 * len(cluster.rates), np.float64)
+            rows = gather(request, cluster, req)
+        z, q = policy._bufs.get(n) or policy.buffers(n)
+        w = policy._packed.get(n)
+        if w is None:
+            w = policy.packed(n)
+        # One compiled call: the observation into obs (slots past n are never read) and, with
+        # every instance healthy, the hidden layers into z.
+        if self._decide(req, rows, obs, w, z) < 0:
+            best = policy.best(obs, n, False)
+            if best < 0:
+                raise NoInstanceAvailable("no healthy instance")
+            return best
+        z.dot(policy.w3, q)
+        return int(q.argmax())
 
 
 def baseline_routers(seed: int = 0) -> dict[str, Router]:

@@ -4,7 +4,9 @@
   applied request by request with ``start_iteration`` / ``finish_iteration``, with priorities
   and cancellations;
 * the engine's queue totals and latency prediction against the waiting list itself;
-* the observation (and the router's buffered copy of it) against the feature definitions;
+* the observation (the compiled kernel, and the router's buffered copy) against the feature
+  definitions, on simulator states and synthetic ones;
+* the compiled hidden layers against numpy's matrix products;
 * the dqn router's decision against the argmax of the policy's Q-values.
 """
 
@@ -253,6 +255,79 @@ def test_observation_equals_the_feature_definitions():
         assert np.array_equal(buf[:m], obs[:m]) and np.all(buf[m:] == 9.0)
         compared += 1
     assert compared == 600
+
+
+def _synthetic_states(count: int, seed: int):
+    """(request, view) pairs far from the simulator's: random sizes (0 output tokens, huge
+    inputs), slacks (negative, zero), deadlines (zero), weights, class indices (out of the
+    table too), counts, health, and rate tables of 0 to 7 classes."""
+    rng = random.Random(seed)
+    clusters = [Scenario(c, "stable", 1.0).instances
+                for c in ("poster", "unseen", "small*2,large@h100-80gb*14", "medium@a10g-24gb")]
+    tasks = ["general", "code", "math", "chat", "no-such-task"]
+    for _ in range(count):
+        instances = rng.choice(clusters)
+        deadline = rng.choice([0.0, 0.25, 1.0, 2.3, 7.0, rng.uniform(0.01, 10.0)])
+        slack = rng.choice([0.0, -0.5, deadline, rng.uniform(-2.0, 1.1) * (deadline or 1.0)])
+        req = RouteRequest(
+            "c", rng.randint(0, 3), rng.choice([-1, 0, 1, 2, 3, 4, 9]), slack, deadline,
+            rng.choice([0, 1, rng.randint(1, 9000), rng.randint(1, 200_000)]),
+            rng.choice([0, 1, rng.randint(1, 3000), rng.randint(1, 100_000)]),
+            rng.choice(tasks), rng.choice([0.0, 0.5, 1.0, 3.0, rng.uniform(-1.0, 3.0)]))
+        loads = [InstanceLoad(rng.randint(0, 300), rng.choice([0, rng.randint(0, 3000)]),
+                              rng.random() < 0.85) for _ in instances]
+        rates = {f"c{c}": tuple(rng.choice([0.0, rng.uniform(0, 5), rng.uniform(0, 500)])
+                                for _ in range(N_WINDOWS)) for c in range(rng.randint(0, 7))}
+        yield req, ClusterView(instances, loads, 0.0, rates)
+
+
+def test_compiled_observation_equals_the_definitions_on_synthetic_states():
+    """The compiled kernel's float64 arithmetic is Python's, entry by entry (log1p included),
+    and its float32 stores round like numpy's cast, far from the simulator's states too."""
+    for req, view in _synthetic_states(4000, seed=5):
+        ref = _observation_reference(req, view)
+        assert _values(req, view) == ref
+        padded = np.zeros(OBS_DIM, np.float32)
+        padded[:len(ref)] = ref
+        assert np.array_equal(observation(req, view), padded)
+    # log1p of every size below the clip (numba calls the C library's log1p, as math does;
+    # numpy's own vectorised log1p would not do: it differs in the last bit here and there).
+    req, view = next(_synthetic_states(1, seed=7))
+    for k in range(8192 + 2):
+        req.input_tokens = req.output_tokens = k
+        v = _values(req, view)
+        assert v[7] == min(math.log1p(k) / math.log1p(8192), 1.0)
+        assert v[8] == min(math.log1p(max(k, 1)) / math.log1p(2048), 1.0)
+
+
+def _hidden_reference(policy: NumpyQPolicy, obs: np.ndarray, n: int) -> np.ndarray:
+    """The hidden layers of the all-present forward as plain numpy (BLAS) products with the
+    packed weights (b1 on the "present" row, b2 on an always-1 unit, W2c / n)."""
+    w = policy.packed(n)
+    h1, h2 = w.shape[1], policy.W2.shape[1]
+    g, x = obs[:GLOBAL_DIM], obs[GLOBAL_DIM:GLOBAL_DIM + n * INSTANCE_DIM].reshape(n, INSTANCE_DIM)
+    r2 = INSTANCE_DIM + GLOBAL_DIM
+    h = np.maximum(x.dot(w[:INSTANCE_DIM]) + g.dot(w[INSTANCE_DIM:r2]), np.float32(0))
+    c = h.dot(w[r2 + h1:, :h2])
+    return np.maximum(h.dot(w[r2:r2 + h1, :h2]) + np.ones(n, np.float32).dot(c), np.float32(0))
+
+
+def test_compiled_hidden_layers_equal_numpy_products_to_the_bit():
+    """Fused multiply-adds in input order are how OpenBLAS's sgemm/sgemv sum: the compiled
+    layers give numpy's products exactly (n >= 2; one slot makes numpy take a matrix-vector
+    path that sums in lanes, which cannot change a one-slot decision), so the Q-values and
+    the decisions are those of the plain numpy forward pass."""
+    policy = NumpyQPolicy.load()
+    rng = np.random.default_rng(6)
+    for n in range(2, MAX_INSTANCES + 1):
+        z, _ = policy.buffers(n)
+        for _ in range(150):
+            obs = rng.uniform(-1, 1, OBS_DIM).astype(np.float32)
+            obs[GLOBAL_DIM:GLOBAL_DIM + n * INSTANCE_DIM:INSTANCE_DIM] = 1.0
+            q = policy.q_all_present(obs, n)
+            ref = _hidden_reference(policy, obs, n)
+            assert np.array_equal(z, ref)
+            assert np.array_equal(q, ref.dot(policy.w3))
 
 
 def test_dqn_decision_is_the_argmax_of_q_values():

@@ -1,7 +1,9 @@
 """Live-state features shared by training and serving.
 
-The router observation is built by ONE function, :func:`observation`, from a
-:class:`~quicgw.core.routing.RouteRequest` and a :class:`~quicgw.core.routing.ClusterView`. The
+The router observation is defined ONCE, by the kernel :func:`_fill` (compiled with numba),
+from a :class:`~quicgw.core.routing.RouteRequest` and a :class:`~quicgw.core.routing.ClusterView`
+packed into flat arrays by :func:`gather`; :func:`observation` (the Gymnasium env),
+:func:`observation_into` and the dqn router's decision (rlrouter.policy) all run it. The
 rlrouter simulator fills the view from its engines in training; the gateway fills it from its
 live state in serving (in-flight and queued per instance, arrival-rate estimates from
 :class:`RateEstimator`). Only fields both sides have are used (counts, not per-request engine
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quicgw.core.routing import ClusterView, InstanceInfo, InstanceLoad, RouteRequest
+from quicgw.core.routing import ClusterView, InstanceInfo, RouteRequest
 
 # Windows (seconds) of the arrival-rate estimates: short enough to see a burst, long enough to
 # see the regime.
@@ -142,10 +144,6 @@ OBS_HIGH = 1.0
 
 _LOG_IN = math.log1p(8192)
 _LOG_OUT = math.log1p(2048)
-_ZERO_ROW: tuple[float, ...] = (0.0,) * INSTANCE_DIM
-_ZERO_RATES: list[float] = [0.0] * (MAX_CLASSES * N_WINDOWS)
-_RATES_END = 9 + MAX_CLASSES * N_WINDOWS  # the global features after the rates start here
-_ZERO_TAIL: tuple[float, ...] = (0.0,) * (GLOBAL_DIM - _RATES_END)
 
 
 @dataclass(slots=True)
@@ -159,31 +157,20 @@ class _Static:
     total_batch: int  # sum of max_batch
     capacity_rps: float
     rate_scale: float  # rates are read relative to half the cluster's nominal capacity
-    by_task: dict[str, list[tuple]] = field(default_factory=dict)  # task_rows' cache
+    by_task: dict[str, np.ndarray] = field(default_factory=dict)  # task_rows' cache
 
     def qualities(self, task: str) -> list[float]:
         return [i.quality.get(task, min(i.quality.values())) for i in self.instances]
 
-    def task_rows(self, task: str) -> list[tuple]:
-        """``rows`` extended with (quality, quality gap) for a task, every instance healthy."""
+    def task_rows(self, task: str) -> np.ndarray:
+        """The kernel's static input for a task: ``rows`` plus the task's quality, one float64
+        row per instance (max_batch is an exact integer in float64)."""
         got = self.by_task.get(task)
         if got is None:
-            got = self.by_task[task] = self._with_quality(task, [True] * len(self.rows))
+            got = self.by_task[task] = np.array(
+                [r + (q,) for r, q in zip(self.rows, self.qualities(task), strict=True)],
+                dtype=np.float64).reshape(len(self.rows), _ST_COLS)
         return got
-
-    def healthy_rows(self, task: str, loads: Sequence[InstanceLoad]) -> tuple[list[tuple], int, int]:
-        """(task rows with the quality gap relative to the best healthy instance, healthy
-        instances, their total max_batch)."""
-        healthy = [ld.healthy for ld in loads]
-        rows = self._with_quality(task, healthy)
-        return (rows, sum(healthy),
-                sum(r[3] for r, h in zip(self.rows, healthy, strict=True) if h))
-
-    def _with_quality(self, task: str, healthy: list[bool]) -> list[tuple]:
-        qs = self.qualities(task)
-        qmax = max((q for q, h in zip(qs, healthy, strict=True) if h), default=0.0)
-        return [r + (q, q - qmax if q - qmax > -1.0 else -1.0)
-                for r, q in zip(self.rows, qs, strict=True)]
 
 
 _static_cache: dict[int, _Static] = {}
@@ -215,7 +202,7 @@ def _predict(tau0: float, tau1: float, max_batch: int, prefill_s: float, occupie
              output_tokens: int) -> float:
     """Count-based latency prediction: the one formula behind :func:`predicted_latency_s` and
     the observation's ``predicted_latency``/``fits``/``margin``/``tail_latency`` features
-    (``_values`` has it inline, pinned to this by tests/test_fastpaths.py)."""
+    (the kernel has it inline, pinned to this by tests/test_fastpaths.py)."""
     step = tau0 + tau1 * (max_batch if occupied + 1 > max_batch else occupied + 1)
     over = occupied + 1 - max_batch
     wait = over / max_batch * output_tokens * step if over > 0 else 0.0
@@ -236,86 +223,117 @@ def predicted_latency_s(info: InstanceInfo, in_flight: int, queued: int, input_t
                     in_flight + queued, max(output_tokens, 1))
 
 
-def _values(request: RouteRequest, cluster: ClusterView) -> list[float]:
-    """The observation's first ``GLOBAL_DIM + n * INSTANCE_DIM`` entries (n instances), as
-    Python floats: the one definition of the features (see the module docstring)."""
-    instances = cluster.instances
-    loads = cluster.loads
-    st = _static_cache.get(id(instances))
-    if st is None or st.instances is not instances:
-        st = _static(instances)
-    n = len(instances)
-    deadline = request.deadline_s
+# -- the kernel: the one definition of the features -------------------------------------------
+#
+# `_fill` computes the observation from flat arrays (the request's scalars, the live counts and
+# the rate estimates in `req`, the cluster's static rows in `st`) and writes it into `out`. It
+# is compiled with numba (nopython, no fastmath: every + - * / is the IEEE float64 operation
+# Python does, and the store into a float32 `out` rounds to nearest like numpy's cast), on
+# first use, cached on disk. `_gather` packs a RouteRequest and a ClusterView into `req`.
+
+_ST_COLS = 8  # st row: tau0, tau1, prefill/token, max_batch, share, step alone, step full, quality
+# req layout: the request's scalars, then (in_flight, queued, healthy) per instance, then the
+# rate estimates (N_WINDOWS per class, in class-table order).
+_R_CLASS, _R_WEIGHT, _R_SLACK, _R_DEADLINE, _R_IN, _R_OUT, _R_SCALE, _R_NCLASSES = range(8)
+_R_LOADS = 8
+
+
+def _fill(req, st, out):  # compiled: see above
+    """Write the observation's first ``GLOBAL_DIM + n * INSTANCE_DIM`` entries into ``out``
+    (n = ``len(st)``); returns the number of healthy instances."""
+    n = st.shape[0]
+    deadline = req[_R_DEADLINE]
     if not deadline > 0:
         deadline = 1.0
     inv_dl = 1.0 / deadline
-    slack = request.slack_s
-    inp = request.input_tokens
-    outp = request.output_tokens
+    slack = req[_R_SLACK]
+    inp = req[_R_IN]
+    outp = req[_R_OUT]
     if not outp > 0:
-        outp = 1
+        outp = 1.0
 
     # -- global block, up to the rates (order follows GLOBAL_FEATURES) --
-    x = request.weight / MAX_WEIGHT
-    x5 = slack * inv_dl
-    x6 = deadline / 5.0
-    x7 = math.log1p(inp) / _LOG_IN
-    x8 = math.log1p(outp) / _LOG_OUT
-    v = [0.0, 0.0, 0.0, 0.0, 0.0 if x < 0.0 else 1.0 if x > 1.0 else x,
-         -1.0 if x5 < -1.0 else 1.0 if x5 > 1.0 else x5, 1.0 if x6 > 1.0 else x6,
-         1.0 if x7 > 1.0 else x7, 1.0 if x8 > 1.0 else x8]
-    ci = request.class_index
+    for j in range(MAX_CLASSES):
+        out[j] = 0.0
+    ci = req[_R_CLASS]
     if 0 <= ci < MAX_CLASSES:
-        v[ci] = 1.0
-    k = st.rate_scale
+        out[int(ci)] = 1.0
+    x = req[_R_WEIGHT] / MAX_WEIGHT
+    out[4] = 0.0 if x < 0.0 else 1.0 if x > 1.0 else x
+    x = slack * inv_dl
+    out[5] = -1.0 if x < -1.0 else 1.0 if x > 1.0 else x
+    x = deadline / 5.0
+    out[6] = 1.0 if x > 1.0 else x
+    x = math.log1p(inp) / _LOG_IN
+    out[7] = 1.0 if x > 1.0 else x
+    x = math.log1p(outp) / _LOG_OUT
+    out[8] = 1.0 if x > 1.0 else x
+    # Rates: slots past the table's classes stay 0; classes past MAX_CLASSES count in totals.
+    k = req[_R_SCALE]
     t0 = t1 = t2 = 0.0
-    for rates in cluster.rates.values():
-        r0 = rates[0] * k
-        r1 = rates[1] * k
-        r2 = rates[2] * k
+    base = _R_LOADS + 3 * n
+    for c in range(int(req[_R_NCLASSES])):
+        r0 = req[base + 3 * c] * k
+        r1 = req[base + 3 * c + 1] * k
+        r2 = req[base + 3 * c + 2] * k
         t0 += r0
         t1 += r1
         t2 += r2
-        v += (1.0 if r0 > 1.0 else r0, 1.0 if r1 > 1.0 else r1, 1.0 if r2 > 1.0 else r2)
-    if len(v) != _RATES_END:  # slots past the table's classes stay 0; classes past 4 count in totals
-        if len(v) > _RATES_END:
-            del v[_RATES_END:]
-        else:
-            v += _ZERO_RATES[:_RATES_END - len(v)]
-    v += _ZERO_TAIL  # filled below, once the instances are seen
+        if c < MAX_CLASSES:
+            j = 9 + N_WINDOWS * c
+            out[j] = 1.0 if r0 > 1.0 else r0
+            out[j + 1] = 1.0 if r1 > 1.0 else r1
+            out[j + 2] = 1.0 if r2 > 1.0 else r2
+    for c in range(int(req[_R_NCLASSES]), MAX_CLASSES):
+        j = 9 + N_WINDOWS * c
+        out[j] = out[j + 1] = out[j + 2] = 0.0
 
     # -- instance blocks (order follows INSTANCE_FEATURES) --
-    rows = st.by_task.get(request.task) or st.task_rows(request.task)
-    n_present = n
-    tot_mb = st.total_batch
-    for load in loads:
-        if not load.healthy:
-            rows, n_present, tot_mb = st.healthy_rows(request.task, loads)
-            break
+    # The quality gap is relative to the best healthy instance (0.0 if none is).
+    qmax = 0.0
+    first = True
+    n_present = 0
+    tot_mb = 0.0
+    for i in range(n):
+        if req[_R_LOADS + 3 * i + 2] != 0.0:
+            q = st[i, 7]
+            if first or q > qmax:
+                qmax = q
+                first = False
+            n_present += 1
+            tot_mb += st[i, 3]
     best_fit = 0.0
-    n_fit = tot_in = tot_q = 0
+    n_fit = 0
+    tot_in = tot_q = 0.0
     inv_rc = inv_dl / RATIO_CLIP
-    for load, (a, b, pre, mb, share, step1, step_full, q, gap) in zip(loads, rows, strict=True):
-        if not load.healthy:
-            v += _ZERO_ROW
+    for i in range(n):
+        o = GLOBAL_DIM + INSTANCE_DIM * i
+        if req[_R_LOADS + 3 * i + 2] == 0.0:  # unhealthy: an absent slot
+            for j in range(INSTANCE_DIM):
+                out[o + j] = 0.0
             continue
-        fl = load.in_flight
-        qd = load.queued
+        a = st[i, 0]
+        b = st[i, 1]
+        mb = st[i, 3]
+        q = st[i, 7]
+        fl = req[_R_LOADS + 3 * i]
+        qd = req[_R_LOADS + 3 * i + 1]
         tot_in += fl
         tot_q += qd
-        prefill = pre * inp
-        # _predict(a, b, mb, prefill, fl + qd, outp), inline: the call is a tenth of a decision
-        # (tests/test_fastpaths.py pins this to predicted_latency_s). Without a wait, its
-        # `0.0 + prefill` is prefill (never -0.0), so that branch skips the add.
-        occ = fl + qd + 1
+        prefill = st[i, 2] * inp
+        # _predict(a, b, mb, prefill, fl + qd, outp), inline (tests/test_fastpaths.py pins it
+        # to predicted_latency_s). Without a wait, its `0.0 + prefill` is prefill (never
+        # -0.0), so that branch skips the add.
+        occ = fl + qd + 1.0
         if occ > mb:
             step = a + b * mb
             est = (occ - mb) / mb * outp * step + prefill + outp * step
         else:
             step = a + b * occ
             est = prefill + outp * step
-        full = prefill + outp * step_full
-        x3 = (prefill + outp * step1) * inv_rc
+        full = prefill + outp * st[i, 6]
+        gap = q - qmax
+        x3 = (prefill + outp * st[i, 5]) * inv_rc
         x4 = full * inv_rc
         x5 = fl / mb
         x6 = qd / mb / RATIO_CLIP
@@ -334,26 +352,119 @@ def _values(request: RouteRequest, cluster: ClusterView) -> list[float]:
             fits = 0.0
         x9 = (slack - est) * inv_dl
         x11 = (est + full - prefill) * inv_rc
-        v += (1.0, q, gap, 1.0 if x3 > 1.0 else x3, 1.0 if x4 > 1.0 else x4,
-              1.0 if x5 > 1.0 else x5, 1.0 if x6 > 1.0 else x6, x7, fits,
-              -1.0 if x9 < -1.0 else 1.0 if x9 > 1.0 else x9, share, 1.0 if x11 > 1.0 else x11)
+        out[o] = 1.0
+        out[o + 1] = q
+        out[o + 2] = gap if gap > -1.0 else -1.0
+        out[o + 3] = 1.0 if x3 > 1.0 else x3
+        out[o + 4] = 1.0 if x4 > 1.0 else x4
+        out[o + 5] = 1.0 if x5 > 1.0 else x5
+        out[o + 6] = 1.0 if x6 > 1.0 else x6
+        out[o + 7] = x7
+        out[o + 8] = fits
+        out[o + 9] = -1.0 if x9 < -1.0 else 1.0 if x9 > 1.0 else x9
+        out[o + 10] = st[i, 4]
+        out[o + 11] = 1.0 if x11 > 1.0 else x11
 
     # -- global block, the rest --
+    j = 9 + N_WINDOWS * MAX_CLASSES
+    out[j] = 1.0 if t0 > 1.0 else t0
+    out[j + 1] = 1.0 if t1 > 1.0 else t1
+    out[j + 2] = 1.0 if t2 > 1.0 else t2
+    out[j + 3] = n / MAX_INSTANCES
+    out[j + 4] = best_fit
+    out[j + 5] = n_fit / n_present if n_present else 0.0
+    out[j + 6] = tot_in / tot_mb if tot_mb else 0.0
     x = tot_q / tot_mb / RATIO_CLIP if tot_mb else 0.0
-    v[_RATES_END:GLOBAL_DIM] = (
-        1.0 if t0 > 1.0 else t0, 1.0 if t1 > 1.0 else t1, 1.0 if t2 > 1.0 else t2,
-        n / MAX_INSTANCES, best_fit, n_fit / n_present if n_present else 0.0,
-        tot_in / tot_mb if tot_mb else 0.0, 1.0 if x > 1.0 else x)
-    return v
+    out[j + 7] = 1.0 if x > 1.0 else x
+    return n_present
 
 
+def jit(fn, signatures: list[str], **flags):
+    """``numba.njit(signatures, cache=True)``: compiled for these argument types only (arrays
+    C-contiguous), at once. numba is imported on first use: the gateway imports this module
+    for :class:`RateEstimator` at startup and needs no compiler unless it routes with the
+    observation. The machine code is cached on disk (``__pycache__``, else numba's user cache
+    directory), so only the first process after an edit compiles (a few seconds); later ones
+    load it (a tenth of a second)."""
+    import numba
+
+    return numba.njit(signatures, cache=True, **flags)(fn)
+
+
+_kernel = None
+
+
+def kernel(out_dtype: str = "float32"):
+    """The compiled :func:`_fill`, loaded on the first call; ``"float64"``: a separate build
+    writing float64 ``out`` (for :func:`_values`, the tests' view before the rounding)."""
+    global _kernel
+    if out_dtype != "float32":
+        return jit(_fill, [f"int64(float64[::1], float64[:, ::1], {out_dtype}[::1])"])
+    if _kernel is None:
+        _kernel = jit(_fill, ["int64(float64[::1], float64[:, ::1], float32[::1])"])
+    return _kernel
+
+
+# Extra room in `req` for the rate estimates' classes (more than MAX_CLASSES count in totals).
+_REQ_MIN = _R_LOADS + 3 * MAX_INSTANCES + 3 * 16
 _packers: dict[int, struct.Struct] = {}
 _F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
 
 
 def _packer(size: int) -> struct.Struct:
-    p = _packers[size] = struct.Struct(f"{size}f")  # native float32, no padding
+    p = _packers[size] = struct.Struct(f"{size}d")  # native float64, no padding
     return p
+
+
+def gather(request: RouteRequest, cluster: ClusterView, req: np.ndarray) -> np.ndarray:
+    """Pack what the observation reads from ``request`` and ``cluster`` into ``req`` (a float64
+    buffer; ``_REQ_MIN`` entries hold up to 16 rate classes, BufferError if it is too small)
+    and return the kernel's static rows for the cluster and task. One ``struct.pack_into``: a
+    few attribute reads per instance, no per-element numpy call."""
+    instances = cluster.instances
+    st = _static_cache.get(id(instances))
+    if st is None or st.instances is not instances:
+        st = _static(instances)
+    rows = st.by_task.get(request.task)
+    if rows is None:
+        rows = st.task_rows(request.task)
+    rates = cluster.rates
+    v = [request.class_index, request.weight, request.slack_s, request.deadline_s,
+         request.input_tokens, request.output_tokens, st.rate_scale, len(rates)]
+    for load in cluster.loads:
+        v += (load.in_flight, load.queued, load.healthy)
+    for r in rates.values():
+        v += r
+    size = len(v)
+    if size != _R_LOADS + 3 * len(instances) + N_WINDOWS * len(rates):
+        raise ValueError(f"{len(instances)} instances with {len(cluster.loads)} loads and rate "
+                         f"estimates of {N_WINDOWS} windows expected")
+    if size > len(req):
+        raise BufferError(f"req holds {len(req)} entries, {size} needed")
+    (_packers.get(size) or _packer(size)).pack_into(req, 0, *v)
+    return rows
+
+
+def _req_buffer(cluster: ClusterView) -> np.ndarray:
+    return np.empty(max(_REQ_MIN, _R_LOADS + 3 * len(cluster.loads)
+                        + N_WINDOWS * len(cluster.rates)), _F64)
+
+
+_kernel64 = None
+
+
+def _values(request: RouteRequest, cluster: ClusterView) -> list[float]:
+    """The observation's first ``GLOBAL_DIM + n * INSTANCE_DIM`` entries (n instances), as
+    Python floats, before the float32 rounding (the kernel run with a float64 ``out``)."""
+    req = _req_buffer(cluster)
+    rows = gather(request, cluster, req)
+    out = np.zeros(OBS_DIM, _F64)
+    global _kernel64
+    if _kernel64 is None:
+        _kernel64 = kernel("float64")
+    _kernel64(req, rows, out)
+    return out[:GLOBAL_DIM + len(cluster.instances) * INSTANCE_DIM].tolist()
 
 
 def observation(request: RouteRequest, cluster: ClusterView) -> np.ndarray:
@@ -363,18 +474,17 @@ def observation(request: RouteRequest, cluster: ClusterView) -> np.ndarray:
     table order (priority order); the i-th entry fills class slot i.
     """
     vec = np.zeros(OBS_DIM, _F32)
-    observation_into(request, cluster, vec)
+    req = _req_buffer(cluster)
+    (_kernel or kernel())(req, gather(request, cluster, req), vec)
     return vec
 
 
 def observation_into(request: RouteRequest, cluster: ClusterView, out: np.ndarray) -> int:
     """Write the observation's first ``GLOBAL_DIM + n * INSTANCE_DIM`` entries into ``out`` (a
     C-contiguous float32 array of at least that length; the rest is left as it is) and return
-    n, the number of instances: :func:`observation` without the allocation and zero padding,
-    for a caller that keeps its own buffer (the dqn router's decision)."""
-    values = _values(request, cluster)
-    # One C call, with the same float64 -> float32 rounding as a numpy assignment.
-    (_packers.get(len(values)) or _packer(len(values))).pack_into(out, 0, *values)
+    n, the number of instances: :func:`observation` without the allocation and zero padding."""
+    req = _req_buffer(cluster)
+    (_kernel or kernel())(req, gather(request, cluster, req), out)
     return len(cluster.instances)
 
 
