@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from quicgw.core.features import MAX_INSTANCES, OBS_DIM, OBS_HIGH, OBS_LOW, observation
+from quicgw.core.features import _REQ_MIN, MAX_INSTANCES, OBS_DIM, OBS_HIGH, OBS_LOW, observation
 from rlrouter.cluster import build_instances, cluster_specs, random_cluster
 from rlrouter.routers import SlackFitRouter
 from rlrouter.sim import REWARDS, Simulator
@@ -96,6 +96,7 @@ class LLMRoutingEnv(gym.Env):
         self._valid: list[int] = []
         self._steps = 0
         self._last_obs = np.zeros(OBS_DIM, dtype=np.float32)
+        self._req = np.zeros(_REQ_MIN)  # observation()'s scratch buffer
 
     # -- gym api -------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -134,7 +135,7 @@ class LLMRoutingEnv(gym.Env):
         self._scale = scale
         if self.sim.done:  # an empty workload: nothing to route
             return self._last_obs.copy(), self._info()
-        obs = observation(self.sim.request, self.sim.view)
+        obs = observation(self.sim.request, self.sim.view, self._req)
         self._last_obs = obs
         return obs, self._info()
 
@@ -155,7 +156,7 @@ class LLMRoutingEnv(gym.Env):
         if terminated:
             obs = self._last_obs
         else:
-            obs = self._last_obs = observation(sim.request, sim.view)
+            obs = self._last_obs = observation(sim.request, sim.view, self._req)
         info = {"action_mask": self._mask.copy()}  # fresh per call (gymnasium's checker)
         if terminated or truncated:
             info["score"] = sim.board.score

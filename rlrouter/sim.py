@@ -86,7 +86,6 @@ class Simulator:
         self.reward_mode = reward
         self.engines = [BatchEngine(i.latency, engine_policy) for i in self.instances]
         self.loads = [InstanceLoad(engine=e) for e in self.engines]
-        self.rate_estimator = RateEstimator()
         self.board = ScoreBoard()
         self.network = network
         tclasses = list(classes)
@@ -94,6 +93,7 @@ class Simulator:
         if list(arrivals.class_names) != names:
             raise ValueError(f"workload classes {arrivals.class_names} != class table {names}")
         self._class_names = names
+        self.rate_estimator = RateEstimator.for_keys(names)
         self._weights = [c.reward_weight for c in tclasses]
         self._prio = [c.priority for c in tclasses]
         self._deadline = [c.deadline_ms / 1000.0 for c in tclasses]
@@ -126,7 +126,9 @@ class Simulator:
         self._model_counts = [0] * len(self.instances)
         self._pos = 0
         self.now = 0.0
-        self.view = ClusterView(self.instances, self.loads, 0.0, {c: (0.0,) * 3 for c in names})
+        # The view's rates are the estimator's table itself (class-table order, updated in
+        # place by observe): what all_rates(names, now) would return after each arrival.
+        self.view = ClusterView(self.instances, self.loads, 0.0, self.rate_estimator.table)
         self.request: RouteRequest | None = None
         self._pending_reward = 0.0
         self._next_request()
@@ -213,6 +215,7 @@ class Simulator:
             if credit:
                 self._holding[index].append(er)
         engine.submit(er)
+        self.loads[index].queued = engine._n_waiting
         self.routed[k] = index
         self._model_counts[index] += 1
         self._pos += 1
@@ -309,7 +312,7 @@ class Simulator:
 
     def _next_request(self) -> None:
         if self._pos >= self.n:
-            self._advance(math.inf)
+            self._advance(math.inf, False)
             if self.network is not None:
                 self._finish_downloads(math.inf)
             self.request = None
@@ -320,14 +323,8 @@ class Simulator:
         self.now = t
         c = self._cls[k]
         name = self._class_names[c]
-        est = self.rate_estimator
-        est.observe(name, t)
-        view = self.view
-        view.now = t
-        view.rates = est.all_rates(self._class_names, t)
-        for e, load in zip(self.engines, self.loads, strict=True):
-            load.in_flight = len(e.running)
-            load.queued = e._n_waiting
+        self.rate_estimator.observe(name, t)  # the view's rates are its table
+        self.view.now = t
         deadline = self._deadline[c]
         # Positional (class_name, class_priority, class_index, slack_s, deadline_s,
         # input_tokens, output_tokens, task, weight): a third cheaper than keywords.
@@ -335,7 +332,10 @@ class Simulator:
             name, self._prio[c], c, self._sent[k] + deadline - t, deadline, self._inp[k],
             self._out[k], self._tasks[self._task[k]], self._weights[c])
 
-    def _advance(self, t: float) -> None:
+    def _advance(self, t: float, loads: bool = True) -> None:
+        """Run the engines to ``t``; ``loads``: bring the view's counts up to date for each
+        engine that ran (the others' counts did not change; route() updates the queue it
+        submits to)."""
         network = self.network
         for i, e in enumerate(self.engines):
             cur = e._current
@@ -347,6 +347,10 @@ class Simulator:
             elif cur.end > t:
                 continue  # mid-iteration: nothing ends by t (advance_to would return at once)
             done = e.advance_to(t)
+            if loads:
+                load = self.loads[i]
+                load.in_flight = len(e.running)
+                load.queued = e._n_waiting
             if done:
                 for r in done:
                     if network is None:

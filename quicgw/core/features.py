@@ -69,6 +69,20 @@ class RateEstimator:
                     got[key] = tuple([r * f for r, f in zip(rates, factors, strict=True)])
             self._now = now
 
+    @classmethod
+    def for_keys(cls, keys: Iterable[str]) -> RateEstimator:
+        """An estimator whose table holds ``keys`` from the start (zero rates, in this order),
+        so that :attr:`table` is what :meth:`all_rates` returns for them (the same values),
+        without building a dict per call (the simulator reads it once per decision)."""
+        est = cls()
+        est._rates = dict.fromkeys(keys, (0.0,) * len(est.windows))
+        return est
+
+    @property
+    def table(self) -> dict[str, tuple[float, ...]]:
+        """The live rate table (updated in place; current as of the latest :meth:`observe`)."""
+        return self._rates
+
     def observe(self, key: str, now: float) -> None:
         self._decay(now)
         windows = self.windows
@@ -467,15 +481,23 @@ def _values(request: RouteRequest, cluster: ClusterView) -> list[float]:
     return out[:GLOBAL_DIM + len(cluster.instances) * INSTANCE_DIM].tolist()
 
 
-def observation(request: RouteRequest, cluster: ClusterView) -> np.ndarray:
-    """The router observation (see the module docstring for the layout).
+def observation(request: RouteRequest, cluster: ClusterView,
+                req: np.ndarray | None = None) -> np.ndarray:
+    """The router observation (see the module docstring for the layout), a new array.
 
     ``cluster.rates`` maps class name -> rate estimates over :data:`RATE_WINDOWS_S`, in class
-    table order (priority order); the i-th entry fills class slot i.
+    table order (priority order); the i-th entry fills class slot i. ``req``: a scratch buffer
+    for :func:`gather` that the caller keeps (the env), else one is allocated.
     """
     vec = np.zeros(OBS_DIM, _F32)
-    req = _req_buffer(cluster)
-    (_kernel or kernel())(req, gather(request, cluster, req), vec)
+    if req is None:
+        req = _req_buffer(cluster)
+    try:
+        rows = gather(request, cluster, req)
+    except BufferError:
+        req = _req_buffer(cluster)
+        rows = gather(request, cluster, req)
+    (_kernel or kernel())(req, rows, vec)
     return vec
 
 
