@@ -258,6 +258,7 @@ class Simulator:
         # A full instance: the newcomer takes the next free slot ahead of lower classes.
         turn = 0.0 if room else output_tokens * m.decode_step_s(m.max_batch) / m.max_batch
         finish, due, credit = self._finish, self._due, self._credit
+        iters = engine._iters  # running requests' progress: engine.generated(r), inline
         lost = 0.0
         keep: list[EngineRequest] = []
         append = keep.append
@@ -268,10 +269,14 @@ class Simulator:
             # Predicted finishes only grow (each newcomer's delay adds up): a pessimistic
             # prediction, which trained better policies than re-predicting from the current
             # batch (see the README's rlrouter section).
-            left = r.output_tokens - r.generated
-            f2 = finish[rid] + stall + tau1 * (left if left < output_tokens else output_tokens)
-            if r.admitted is None and r.priority > priority:
-                f2 += turn
+            if r.admitted is None:
+                left = r.output_tokens - r.generated
+                f2 = finish[rid] + stall + tau1 * (left if left < output_tokens else output_tokens)
+                if r.priority > priority:
+                    f2 += turn
+            else:
+                left = r.output_tokens - (iters - r.zero_at)
+                f2 = finish[rid] + stall + tau1 * (left if left < output_tokens else output_tokens)
             if dry:
                 if f2 > due[rid]:
                     lost += credit[rid]
@@ -346,7 +351,7 @@ class Simulator:
                     continue
             elif cur.end > t:
                 continue  # mid-iteration: nothing ends by t (advance_to would return at once)
-            done = e.advance_to(t)
+            done = e.advance_to(t, False)  # generated stays stale: _harm reads engine progress
             if loads:
                 load = self.loads[i]
                 load.in_flight = len(e.running)

@@ -82,25 +82,33 @@ def test_advance_to_is_iteration_stepping_bit_for_bit(seed: int) -> None:
                        max_batch=rng.choice([1, 3, 8, 32]))
     policy = rng.choice(["fcfs", "priority"])
     fast, slow = BatchEngine(lm, policy), BatchEngine(lm, policy)
+    lazy = BatchEngine(lm, policy)  # advance_to(sync=False): generated read via the engine
     rf: list[EngineRequest] = []
     rs: list[EngineRequest] = []
+    rl: list[EngineRequest] = []
     t = 0.0
     for k in range(300):
         t += rng.expovariate(rng.choice([5.0, 60.0, 400.0]))
         done_f, done_s = fast.advance_to(t), _stepped_to(slow, t)
-        assert [r.rid for r in done_f] == [r.rid for r in done_s]
-        assert fast.now == slow.now
+        done_l = lazy.advance_to(t, sync=False)
+        assert [r.rid for r in done_f] == [r.rid for r in done_s] == [r.rid for r in done_l]
+        assert fast.now == slow.now == lazy.now
         assert _state(rf) == _state(rs)
+        synced = [(*s[:3], lazy.generated(r), s[4]) for s, r in zip(_state(rl), rl, strict=True)]
+        assert synced == _state(rf)
         assert [r.rid for r in fast.running] == [r.rid for r in slow.running]
         if rng.random() < 0.1 and rf:
             j = rng.randrange(len(rf))
             fast.cancel(rf[j])
             slow.cancel(rs[j])
+            lazy.cancel(rl[j])
         size = (rng.randint(1, 2000), rng.randint(1, 400), rng.randint(0, 3))
         rf.append(EngineRequest(k, size[0], size[1], t, priority=size[2]))
         rs.append(EngineRequest(k, size[0], size[1], t, priority=size[2]))
+        rl.append(EngineRequest(k, size[0], size[1], t, priority=size[2]))
         fast.submit(rf[-1])
         slow.submit(rs[-1])
+        lazy.submit(rl[-1])
     fast.advance_to(math.inf)
     _stepped_to(slow, math.inf)
     assert fast.now == slow.now and _state(rf) == _state(rs)

@@ -193,18 +193,23 @@ class BatchEngine:
 
     # -- input ---------------------------------------------------------------------------
     def submit(self, request: EngineRequest) -> None:
-        if request.input_tokens + request.output_tokens > self.model.kv_capacity_tokens:
+        inp, out, prio = request.input_tokens, request.output_tokens, request.priority
+        if inp + out > self.model.kv_capacity_tokens:
             raise ValueError(
                 f"request needs {request.kv_tokens} KV tokens; the instance holds "
                 f"{self.model.kv_capacity_tokens}"
             )
-        if request.output_tokens < 1:
+        if out < 1:
             raise ValueError("output_tokens must be >= 1")
-        key = (request.priority, next(self._seq)) if self.policy == "priority" else (
-            0, next(self._seq))
+        key = (prio, next(self._seq)) if self.policy == "priority" else (0, next(self._seq))
         heapq.heappush(self._waiting, (key, request))
         self._n_waiting += 1
-        self._count_queued(request, 1)
+        q = self._queued.get(prio)  # _count_queued(request, 1), inline (once per request)
+        if q is None:
+            q = self._queued[prio] = [0, 0, 0]
+        q[0] += 1
+        q[1] += inp
+        q[2] += out
 
     def cancel(self, request: EngineRequest) -> None:
         """Drop a waiting or running request; its batch slot and KV are freed at once."""
@@ -215,6 +220,7 @@ class BatchEngine:
             self._n_waiting -= 1
             self._count_queued(request, -1)
         elif request in self.running:
+            request.generated = self._iters - request.zero_at  # current after advance_to(sync=False)
             self.running.remove(request)
             self._kv_used -= request.kv_tokens
             for i, e in enumerate(self._ends):
@@ -276,7 +282,7 @@ class BatchEngine:
         return done
 
     # -- fast-forward (simulation) ---------------------------------------------------------
-    def advance_to(self, t: float) -> list[EngineRequest]:
+    def advance_to(self, t: float, sync: bool = True) -> list[EngineRequest]:
         """Run every iteration that ends at or before ``t``; returns the finished requests.
 
         Identical iterations (no admission possible, batch unchanged) are jumped over in one
@@ -284,6 +290,11 @@ class BatchEngine:
         (``generated`` is brought up to date on return), so the cost is per batch change. The
         result is that of calling :meth:`start_iteration` / :meth:`finish_iteration` back to
         back, up to the rounding of the jumps.
+
+        ``sync=False`` is for a caller that only ever advances the engine this way (the
+        simulator): the running requests' ``generated`` is not brought up to date (a visit per
+        request per call; read :meth:`generated` instead) and the pending iteration's
+        ``batch`` is the live running list, not a copy.
         """
         finished: list[EngineRequest] = []
         it = self._current
@@ -321,7 +332,8 @@ class BatchEngine:
                     tokens += r.input_tokens
                 end = now + ((tau0 + tau1 * len(running)) + pre * tokens)
                 if end > t:
-                    self._current = Iteration(now, end, list(running), admitted)
+                    self._current = Iteration(now, end, list(running) if sync else running,
+                                              admitted)
                     break
             # Finish the iteration: every running request gets a token (counted in `iters`).
             now = end
@@ -357,14 +369,21 @@ class BatchEngine:
             admitted = []
             end = now + (step + pre * 0)
             if end > t:
-                self._current = Iteration(now, end, list(running), admitted)
+                self._current = Iteration(now, end, list(running) if sync else running,
+                                          admitted)
                 break
         self.now = now
         self._iters = iters
-        if iters != synced:
+        if sync and iters != synced:
             for r in running:
                 r.generated = iters - r.zero_at
         return finished
+
+    def generated(self, r: EngineRequest) -> int:
+        """Tokens ``r`` has generated, current even after ``advance_to(sync=False)``."""
+        if r.admitted is None or r.finished is not None or r.cancelled:
+            return r.generated
+        return self._iters - r.zero_at
 
     def _can_admit(self) -> bool:
         m = self.model
@@ -380,17 +399,33 @@ class BatchEngine:
 
     def _admit(self, now: float) -> list[EngineRequest]:
         admitted: list[EngineRequest] = []
-        if not self._waiting:
+        waiting = self._waiting
+        if not waiting:
             return admitted
-        while self._can_admit():
-            _, r = heapq.heappop(self._waiting)
+        m = self.model
+        max_batch, kv_capacity = m.max_batch, m.kv_capacity_tokens
+        running = self.running
+        queued = self._queued
+        # `while self._can_admit()` with its checks and _count_queued(r, -1) inline.
+        while len(running) < max_batch and waiting:
+            r = waiting[0][1]
+            if r.cancelled:
+                heapq.heappop(waiting)
+                continue
+            inp, out = r.input_tokens, r.output_tokens
+            if self._kv_used + inp + out > kv_capacity:
+                break
+            heapq.heappop(waiting)
             self._n_waiting -= 1
-            self._count_queued(r, -1)
+            q = queued[r.priority]
+            q[0] -= 1
+            q[1] -= inp
+            q[2] -= out
             r.admitted = now
-            self.running.append(r)
-            self._kv_used += r.input_tokens + r.output_tokens
-            r.zero_at = self._iters - r.generated
-            done = r.zero_at + r.output_tokens
+            running.append(r)
+            self._kv_used += inp + out
+            r.zero_at = zero_at = self._iters - r.generated
+            done = zero_at + out
             bisect.insort(self._ends, (done, next(self._admissions), r))
             self._ends_sum += done
             admitted.append(r)
@@ -406,11 +441,13 @@ class BatchEngine:
         """
         m = self.model
         max_batch = m.max_batch
-        if self._n_waiting:
-            n_ahead, _, out_ahead = self.queued_ahead(
-                math.inf if self.policy == "fcfs" else priority)
-        else:
-            n_ahead = out_ahead = 0
+        n_ahead = out_ahead = 0
+        if self._n_waiting:  # queued_ahead(inf if fcfs else priority)[::2], inline
+            fcfs = self.policy == "fcfs"
+            for p, (c, _, o) in self._queued.items():
+                if fcfs or p <= priority:
+                    n_ahead += c
+                    out_ahead += o
         running = self.running
         n_run = len(running)
         occupied = n_run + n_ahead
