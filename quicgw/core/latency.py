@@ -293,8 +293,8 @@ class BatchEngine:
 
         ``sync=False`` is for a caller that only ever advances the engine this way (the
         simulator): the running requests' ``generated`` is not brought up to date (a visit per
-        request per call; read :meth:`generated` instead) and the pending iteration's
-        ``batch`` is the live running list, not a copy.
+        request per call; read :meth:`generated` instead), the pending iteration's ``batch``
+        is the live running list, not a copy, and its :class:`Iteration` object is reused.
         """
         finished: list[EngineRequest] = []
         it = self._current
@@ -332,8 +332,11 @@ class BatchEngine:
                     tokens += r.input_tokens
                 end = now + ((tau0 + tau1 * len(running)) + pre * tokens)
                 if end > t:
-                    self._current = Iteration(now, end, list(running) if sync else running,
-                                              admitted)
+                    if sync or it is None:
+                        it = Iteration(now, end, list(running) if sync else running, admitted)
+                    else:  # sync=False: the finished iteration's object is reused
+                        it.start, it.end, it.batch, it.admitted = now, end, running, admitted
+                    self._current = it
                     break
             # Finish the iteration: every running request gets a token (counted in `iters`).
             now = end
@@ -369,8 +372,11 @@ class BatchEngine:
             admitted = []
             end = now + (step + pre * 0)
             if end > t:
-                self._current = Iteration(now, end, list(running) if sync else running,
-                                          admitted)
+                if sync or it is None:
+                    it = Iteration(now, end, list(running) if sync else running, admitted)
+                else:
+                    it.start, it.end, it.batch, it.admitted = now, end, running, admitted
+                self._current = it
                 break
         self.now = now
         self._iters = iters
