@@ -47,19 +47,21 @@ NEG = np.float32(-1e9)
 
 def _hidden(obs, n, w, z):  # compiled: see above
     """z = relu(h @ W2h + b2 + sum_i h_i @ (W2c / n)), h = relu(x @ W1i + b1 + g @ W1g), from
-    the flat observation ``obs`` (global features, then n slots) and ``packed`` weights."""
-    h1 = w.shape[1]
-    h2 = z.shape[1]
+    the flat observation ``obs`` (global features, then n slots) and the :meth:`packed`
+    weights. Inner loops run along contiguous weight rows (they vectorise); every output
+    still sums its inputs in order."""
     r2 = INSTANCE_DIM + GLOBAL_DIM
-    r3 = r2 + h1
+    h1 = w.shape[0] - r2
+    h2 = z.shape[1]
     zero = np.float32(0.0)
     gw = np.zeros(h1, np.float32)
     for k in range(GLOBAL_DIM):
         gk = obs[k]
+        wk = w[INSTANCE_DIM + k]
         for j in range(h1):
-            gw[j] += gk * w[INSTANCE_DIM + k, j]
-    h = np.zeros(h1, np.float32)
-    c = np.zeros(h2, np.float32)
+            gw[j] += gk * wk[j]
+    h = np.empty(h1, np.float32)
+    zc = np.empty(2 * h2, np.float32)  # this slot's h @ W2h, then h @ (W2c / n)
     csum = np.zeros(h2, np.float32)
     for i in range(n):
         o = GLOBAL_DIM + INSTANCE_DIM * i
@@ -67,25 +69,28 @@ def _hidden(obs, n, w, z):  # compiled: see above
             h[j] = zero
         for k in range(INSTANCE_DIM):
             xk = obs[o + k]
+            wk = w[k]
             for j in range(h1):
-                h[j] += xk * w[k, j]
+                h[j] += xk * wk[j]
         for j in range(h1):
             v = h[j] + gw[j]
             h[j] = v if v > zero or v != v else zero  # np.maximum(v, 0): NaN stays
-        for j in range(h2):
-            z[i, j] = zero
-            c[j] = zero
+        for j in range(2 * h2):
+            zc[j] = zero
         for k in range(h1):
             hk = h[k]
-            for j in range(h2):
-                z[i, j] += hk * w[r2 + k, j]
-                c[j] += hk * w[r3 + k, j]
-        for j in range(h2):  # the pooled term: the column sum of c over slots, in slot order
-            csum[j] += c[j]
+            wk = w[r2 + k]
+            for j in range(2 * h2):
+                zc[j] += hk * wk[j]
+        zi = z[i]
+        for j in range(h2):  # the pooled term: the column sum over slots, in slot order
+            zi[j] = zc[j]
+            csum[j] += zc[h2 + j]
     for i in range(n):
+        zi = z[i]
         for j in range(h2):
-            v = z[i, j] + csum[j]
-            z[i, j] = v if v > zero or v != v else zero
+            v = zi[j] + csum[j]
+            zi[j] = v if v > zero or v != v else zero
     return n
 
 
@@ -184,16 +189,17 @@ class NumpyQPolicy:
     def packed(self, n: int) -> np.ndarray:
         """The weights the compiled hidden layers read for ``n`` slots, one float32 array:
         rows ``[0, INSTANCE_DIM)`` W1i (with b1 on the "present" row and the always-1 unit),
-        then GLOBAL_DIM rows of W1g, then h+1 rows of W2h (b2 on the last), then h+1 rows of
-        W2c / n (mean pooling as a sum), the last two padded to h+1 columns. Cached per n."""
+        then GLOBAL_DIM rows of W1g (both h+1 wide), then h+1 rows of ``[W2h | W2c / n]``
+        (b2 on the last row of W2h; mean pooling as a sum). Cached per n."""
         w = self._packed.get(n)
         if w is None:
             h1, h2 = self._W1i_b.shape[1], self._h2
-            w = np.zeros((INSTANCE_DIM + GLOBAL_DIM + 2 * h1, h1), np.float32)
-            w[:INSTANCE_DIM] = self._W1i_b
-            w[INSTANCE_DIM:INSTANCE_DIM + GLOBAL_DIM] = self._W1g_b
-            w[INSTANCE_DIM + GLOBAL_DIM:INSTANCE_DIM + GLOBAL_DIM + h1, :h2] = self._W2h_b
-            w[INSTANCE_DIM + GLOBAL_DIM + h1:, :h2] = self._W2c_b / np.float32(n)
+            r2 = INSTANCE_DIM + GLOBAL_DIM
+            w = np.zeros((r2 + h1, max(h1, 2 * h2)), np.float32)
+            w[:INSTANCE_DIM, :h1] = self._W1i_b
+            w[INSTANCE_DIM:r2, :h1] = self._W1g_b
+            w[r2:, :h2] = self._W2h_b
+            w[r2:, h2:2 * h2] = self._W2c_b / np.float32(n)
             self._packed[n] = w
         return w
 

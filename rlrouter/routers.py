@@ -151,31 +151,36 @@ class DQNRouter:
         self.policy = policy if isinstance(policy, NumpyQPolicy) else NumpyQPolicy.load(policy)
         self._obs = np.zeros(OBS_DIM, dtype=np.float32)
         self._req = np.zeros(_REQ_MIN, dtype=np.float64)
+        self._per_n: dict[int, tuple] = {}  # slot count -> (policy, weights, z, q, w3)
         self._decide = _kernels()[1]  # compiled now (or loaded from the cache), not mid-request
+
+    def _setup(self, n: int) -> tuple:
+        if n > MAX_INSTANCES:
+            raise ValueError(f"the dqn router serves at most {MAX_INSTANCES} instances")
+        p = self.policy
+        per = self._per_n[n] = (p, p.packed(n), *p.buffers(n), p.w3)
+        return per
 
     def route(self, request: RouteRequest, cluster: ClusterView) -> int:
         n = len(cluster.instances)
-        if n > MAX_INSTANCES:
-            raise ValueError(f"the dqn router serves at most {MAX_INSTANCES} instances")
-        policy = self.policy
+        per = self._per_n.get(n)
+        if per is None or per[0] is not self.policy:
+            per = self._setup(n)
+        _, w, z, q, w3 = per
         obs, req = self._obs, self._req
         try:
             rows = gather(request, cluster, req)
         except BufferError:  # a rate table of more than 16 classes
             req = self._req = np.zeros(_REQ_MIN + 3 * len(cluster.rates), np.float64)
             rows = gather(request, cluster, req)
-        z, q = policy._bufs.get(n) or policy.buffers(n)
-        w = policy._packed.get(n)
-        if w is None:
-            w = policy.packed(n)
         # One compiled call: the observation into obs (slots past n are never read) and, with
         # every instance healthy, the hidden layers into z.
         if self._decide(req, rows, obs, w, z) < 0:
-            best = policy.best(obs, n, False)
+            best = self.policy.best(obs, n, False)
             if best < 0:
                 raise NoInstanceAvailable("no healthy instance")
             return best
-        z.dot(policy.w3, q)
+        z.dot(w3, q)
         return int(q.argmax())
 
 

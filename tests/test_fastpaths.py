@@ -312,12 +312,14 @@ def _hidden_reference(policy: NumpyQPolicy, obs: np.ndarray, n: int) -> np.ndarr
     """The hidden layers of the all-present forward as plain numpy (BLAS) products with the
     packed weights (b1 on the "present" row, b2 on an always-1 unit, W2c / n)."""
     w = policy.packed(n)
-    h1, h2 = w.shape[1], policy.W2.shape[1]
-    g, x = obs[:GLOBAL_DIM], obs[GLOBAL_DIM:GLOBAL_DIM + n * INSTANCE_DIM].reshape(n, INSTANCE_DIM)
     r2 = INSTANCE_DIM + GLOBAL_DIM
-    h = np.maximum(x.dot(w[:INSTANCE_DIM]) + g.dot(w[INSTANCE_DIM:r2]), np.float32(0))
-    c = h.dot(w[r2 + h1:, :h2])
-    return np.maximum(h.dot(w[r2:r2 + h1, :h2]) + np.ones(n, np.float32).dot(c), np.float32(0))
+    h1, h2 = w.shape[0] - r2, policy.W2.shape[1]
+    g, x = obs[:GLOBAL_DIM], obs[GLOBAL_DIM:GLOBAL_DIM + n * INSTANCE_DIM].reshape(n, INSTANCE_DIM)
+    w1i, w1g = np.ascontiguousarray(w[:INSTANCE_DIM, :h1]), np.ascontiguousarray(w[INSTANCE_DIM:r2, :h1])
+    w2h, w2c = np.ascontiguousarray(w[r2:, :h2]), np.ascontiguousarray(w[r2:, h2:2 * h2])
+    h = np.maximum(x.dot(w1i) + g.dot(w1g), np.float32(0))
+    c = h.dot(w2c)
+    return np.maximum(h.dot(w2h) + np.ones(n, np.float32).dot(c), np.float32(0))
 
 
 def test_compiled_hidden_layers_equal_numpy_products_to_the_bit():
