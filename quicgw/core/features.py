@@ -243,7 +243,7 @@ def predicted_latency_s(info: InstanceInfo, in_flight: int, queued: int, input_t
 # the rate estimates in `req`, the cluster's static rows in `st`) and writes it into `out`. It
 # is compiled with numba (nopython, no fastmath: every + - * / is the IEEE float64 operation
 # Python does, and the store into a float32 `out` rounds to nearest like numpy's cast), on
-# first use, cached on disk. `_gather` packs a RouteRequest and a ClusterView into `req`.
+# first use, cached on disk. `gather` packs a RouteRequest and a ClusterView into `req`.
 
 _ST_COLS = 8  # st row: tau0, tau1, prefill/token, max_batch, share, step alone, step full, quality
 # req layout: the request's scalars, then (in_flight, queued, healthy) per instance, then the
