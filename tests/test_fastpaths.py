@@ -298,6 +298,10 @@ def test_compiled_observation_equals_the_definitions_on_synthetic_states():
         padded = np.zeros(OBS_DIM, np.float32)
         padded[:len(ref)] = ref
         assert np.array_equal(observation(req, view), padded)
+    req, view = next(_synthetic_states(1, seed=8))
+    req.input_tokens = 100.0  # counts are packed as integers
+    with pytest.raises(TypeError, match="integers"):
+        observation(req, view)
     # log1p of every size below the clip (numba calls the C library's log1p, as math does;
     # numpy's own vectorised log1p would not do: it differs in the last bit here and there).
     req, view = next(_synthetic_states(1, seed=7))

@@ -246,8 +246,11 @@ def predicted_latency_s(info: InstanceInfo, in_flight: int, queued: int, input_t
 # first use, cached on disk. `gather` packs a RouteRequest and a ClusterView into `req`.
 
 _ST_COLS = 8  # st row: tau0, tau1, prefill/token, max_batch, share, step alone, step full, quality
-# req layout: the request's scalars, then (in_flight, queued, healthy) per instance, then the
-# rate estimates (N_WINDOWS per class, in class-table order).
+# req layout, 8 bytes an entry: the request's scalars, then (in_flight, queued, healthy) per
+# instance, then the rate estimates (N_WINDOWS per class, in class-table order). Integers
+# (class index, token counts, the number of rate classes, the counts and health) are int64,
+# read through an int64 view; the rest float64. (struct converts an int to a double through a
+# temporary float object: packing them as integers saves a third of the packing.)
 _R_CLASS, _R_WEIGHT, _R_SLACK, _R_DEADLINE, _R_IN, _R_OUT, _R_SCALE, _R_NCLASSES = range(8)
 _R_LOADS = 8
 
@@ -256,22 +259,26 @@ def _fill(req, st, out):  # compiled: see above
     """Write the observation's first ``GLOBAL_DIM + n * INSTANCE_DIM`` entries into ``out``
     (n = ``len(st)``); returns the number of healthy instances."""
     n = st.shape[0]
+    ri = req.view(np.int64)
+    if req.shape[0] < _R_LOADS + 3 * n or ri[_R_NCLASSES] < 0 or (
+            req.shape[0] < _R_LOADS + 3 * n + N_WINDOWS * ri[_R_NCLASSES]):
+        raise ValueError("req does not hold what gather() writes for this cluster")
     deadline = req[_R_DEADLINE]
     if not deadline > 0:
         deadline = 1.0
     inv_dl = 1.0 / deadline
     slack = req[_R_SLACK]
-    inp = req[_R_IN]
-    outp = req[_R_OUT]
+    inp = ri[_R_IN]
+    outp = ri[_R_OUT]
     if not outp > 0:
-        outp = 1.0
+        outp = 1
 
     # -- global block, up to the rates (order follows GLOBAL_FEATURES) --
     for j in range(MAX_CLASSES):
         out[j] = 0.0
-    ci = req[_R_CLASS]
+    ci = ri[_R_CLASS]
     if 0 <= ci < MAX_CLASSES:
-        out[int(ci)] = 1.0
+        out[ci] = 1.0
     x = req[_R_WEIGHT] / MAX_WEIGHT
     out[4] = 0.0 if x < 0.0 else 1.0 if x > 1.0 else x
     x = slack * inv_dl
@@ -286,7 +293,7 @@ def _fill(req, st, out):  # compiled: see above
     k = req[_R_SCALE]
     t0 = t1 = t2 = 0.0
     base = _R_LOADS + 3 * n
-    for c in range(int(req[_R_NCLASSES])):
+    for c in range(ri[_R_NCLASSES]):
         r0 = req[base + 3 * c] * k
         r1 = req[base + 3 * c + 1] * k
         r2 = req[base + 3 * c + 2] * k
@@ -298,7 +305,7 @@ def _fill(req, st, out):  # compiled: see above
             out[j] = 1.0 if r0 > 1.0 else r0
             out[j + 1] = 1.0 if r1 > 1.0 else r1
             out[j + 2] = 1.0 if r2 > 1.0 else r2
-    for c in range(int(req[_R_NCLASSES]), MAX_CLASSES):
+    for c in range(ri[_R_NCLASSES], MAX_CLASSES):
         j = 9 + N_WINDOWS * c
         out[j] = out[j + 1] = out[j + 2] = 0.0
 
@@ -309,7 +316,7 @@ def _fill(req, st, out):  # compiled: see above
     n_present = 0
     tot_mb = 0.0
     for i in range(n):
-        if req[_R_LOADS + 3 * i + 2] != 0.0:
+        if ri[_R_LOADS + 3 * i + 2] != 0:
             q = st[i, 7]
             if first or q > qmax:
                 qmax = q
@@ -322,7 +329,7 @@ def _fill(req, st, out):  # compiled: see above
     inv_rc = inv_dl / RATIO_CLIP
     for i in range(n):
         o = GLOBAL_DIM + INSTANCE_DIM * i
-        if req[_R_LOADS + 3 * i + 2] == 0.0:  # unhealthy: an absent slot
+        if ri[_R_LOADS + 3 * i + 2] == 0:  # unhealthy: an absent slot
             for j in range(INSTANCE_DIM):
                 out[o + j] = 0.0
             continue
@@ -330,15 +337,15 @@ def _fill(req, st, out):  # compiled: see above
         b = st[i, 1]
         mb = st[i, 3]
         q = st[i, 7]
-        fl = req[_R_LOADS + 3 * i]
-        qd = req[_R_LOADS + 3 * i + 1]
+        fl = ri[_R_LOADS + 3 * i]
+        qd = ri[_R_LOADS + 3 * i + 1]
         tot_in += fl
         tot_q += qd
         prefill = st[i, 2] * inp
         # _predict(a, b, mb, prefill, fl + qd, outp), inline (tests/test_fastpaths.py pins it
         # to predicted_latency_s). Without a wait, its `0.0 + prefill` is prefill (never
         # -0.0), so that branch skips the add.
-        occ = fl + qd + 1.0
+        occ = fl + qd + 1
         if occ > mb:
             step = a + b * mb
             est = (occ - mb) / mb * outp * step + prefill + outp * step
@@ -426,8 +433,9 @@ _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
 
 
-def _packer(size: int) -> struct.Struct:
-    p = _packers[size] = struct.Struct(f"{size}d")  # native float64, no padding
+def _packer(key: int) -> struct.Struct:
+    n_rates, n = divmod(key, MAX_INSTANCES + 1)  # `req`'s layout for n instances, n_rates classes
+    p = _packers[key] = struct.Struct("qdddqqdq" + "qqq" * n + "d" * (N_WINDOWS * n_rates))
     return p
 
 
@@ -435,7 +443,8 @@ def gather(request: RouteRequest, cluster: ClusterView, req: np.ndarray) -> np.n
     """Pack what the observation reads from ``request`` and ``cluster`` into ``req`` (a float64
     buffer; ``_REQ_MIN`` entries hold up to 16 rate classes, BufferError if it is too small)
     and return the kernel's static rows for the cluster and task. One ``struct.pack_into``: a
-    few attribute reads per instance, no per-element numpy call."""
+    few attribute reads per instance, no per-element numpy call. The class index, token
+    counts and in-flight/queued counts must be integers (TypeError otherwise)."""
     instances = cluster.instances
     st = _static_cache.get(id(instances))
     if st is None or st.instances is not instances:
@@ -451,12 +460,18 @@ def gather(request: RouteRequest, cluster: ClusterView, req: np.ndarray) -> np.n
     for r in rates.values():
         v += r
     size = len(v)
-    if size != _R_LOADS + 3 * len(instances) + N_WINDOWS * len(rates):
+    n_rates = len(rates)
+    if size != _R_LOADS + 3 * len(instances) + N_WINDOWS * n_rates:
         raise ValueError(f"{len(instances)} instances with {len(cluster.loads)} loads and rate "
                          f"estimates of {N_WINDOWS} windows expected")
     if size > len(req):
         raise BufferError(f"req holds {len(req)} entries, {size} needed")
-    (_packers.get(size) or _packer(size)).pack_into(req, 0, *v)
+    key = len(instances) + (MAX_INSTANCES + 1) * n_rates
+    try:
+        (_packers.get(key) or _packer(key)).pack_into(req, 0, *v)
+    except struct.error as e:
+        raise TypeError("class index, token counts, in-flight and queued counts must be "
+                        f"integers: {e}") from None
     return rows
 
 
