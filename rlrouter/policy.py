@@ -210,7 +210,7 @@ class NumpyQPolicy:
         # Fast path (every slot up to n present). Biases ride on the "present" feature, which
         # is exactly 1: b1 joins its row of W1, and an extra hidden unit that is always 1
         # carries b2 into the second layer; W2c / n turns the mean pooling into a matmul and
-        # a column sum. 10 numpy calls per decision.
+        # a column sum. The compiled layers read them packed per slot count (packed()).
         self._W1i_b = np.zeros((INSTANCE_DIM, h + 1), dtype=np.float32)
         self._W1i_b[:, :h] = self._W1i
         self._W1i_b[0, :h] += self.b1
