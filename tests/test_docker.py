@@ -187,16 +187,33 @@ def test_gateway_config_points_at_the_compose_backends(compose):
         assert url.hostname in services["gateway"]["depends_on"]
 
 
+# The training stack the images leave out; probes make it unimportable (a meta-path blocker
+# stands in for its absence), so an optional import of it does not count as a need and a hard
+# one fails.
+_TRAINING_STACK = ("gymnasium", "torch", "stable_baselines3", "sb3_contrib", "matplotlib",
+                   "tensorboard")
+_BLOCK_TRAINING_STACK = (
+    "import sys\n"
+    f"BLOCKED = {_TRAINING_STACK!r}\n"
+    "class Blocker:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] in BLOCKED:\n"
+    "            raise ImportError(f'{name} is not installed in the image')\n"
+    "sys.meta_path.insert(0, Blocker())\n")
+
+
 def test_image_requirements_cover_what_serving_imports():
     """The images install docker/requirements.txt and quicgw with --no-deps: every project
     dependency that `quicgw serve`, `quicgw backend` and the dashboard import must be listed."""
-    probe = (
+    probe = _BLOCK_TRAINING_STACK + (
         "import sys, json\n"
         "import quicgw.cli; quicgw.cli.build_parser()\n"
         "import quicgw.gateway.server, quicgw.gateway.cli, quicgw.backends.cli\n"
         "import quicgw.backends.emulated, quicgw.dashboard.routes, quicgw.dashboard.admin\n"
         "import ilp.profile, ilp.plan\n"
         "from quicgw.runtime import event_loop_factory; event_loop_factory()\n"
+        "from quicgw.core.routing import create_router\n"
+        "create_router('dqn'); create_router('slackfit:0.35/0.35/0.8', reserve=0.625)\n"
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n")
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                        timeout=60, cwd=REPO)
@@ -220,6 +237,29 @@ def test_image_requirements_cover_what_serving_imports():
               if line.strip() and not line.startswith("#")}
     assert needed <= listed, f"docker/requirements.txt lacks {sorted(needed - listed)}"
     assert "torch" not in listed  # the point of the slim image
+
+
+def test_learned_and_slackfit_routers_serve_without_the_training_stack():
+    """The images leave the training stack out: the gateway's `dqn` and `slackfit` routers must
+    load and route with gymnasium, torch and SB3 unimportable."""
+    probe = _BLOCK_TRAINING_STACK + (
+        "import json\n"
+        "from quicgw.core.routing import ClusterView, InstanceLoad, RouteRequest, create_router\n"
+        "from rlrouter.cluster import build_instances, cluster_specs\n"
+        "instances = build_instances(cluster_specs('poster'))\n"
+        "loads = [InstanceLoad(in_flight=k, queued=0) for k in (30, 2, 5, 0)]\n"
+        "view = ClusterView(instances, loads, 0.0, {'realtime': (1.0, 1.0, 1.0), "
+        "'free': (2.0, 2.0, 2.0), 'bulk': (0.5, 0.5, 0.5)})\n"
+        "req = RouteRequest('realtime', 0, 0, 1.8, 1.8, 200, 48, 'general', 2.0)\n"
+        "picks = {spec: create_router(spec).route(req, view)\n"
+        "         for spec in ('dqn', 'slackfit:0.35/0.35/0.8')}\n"
+        "print(json.dumps([picks, sorted({m.split('.')[0] for m in sys.modules})]))\n")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                       timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    picks, modules = json.loads(r.stdout)
+    assert all(0 <= i < 4 for i in picks.values()), picks
+    assert not set(_TRAINING_STACK) & set(modules)
 
 
 def test_readme_says_how_to_run_it():

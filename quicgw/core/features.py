@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import struct
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -409,7 +410,19 @@ def jit(fn, signatures: list[str], **flags):
     load it (a tenth of a second)."""
     import numba
 
-    return numba.njit(signatures, cache=True, **flags)(fn)
+    try:
+        return numba.njit(signatures, cache=True, **flags)(fn)
+    except RuntimeError as e:  # "cannot cache ...: no locator available" (read-only install)
+        global _warned_no_cache
+        if not _warned_no_cache:
+            _warned_no_cache = True
+            warnings.warn(f"numba cannot cache the router kernels ({e}); compiling them in "
+                          f"memory (seconds per process): set NUMBA_CACHE_DIR to a writable "
+                          f"directory to keep the machine code", RuntimeWarning, stacklevel=2)
+        return numba.njit(signatures, cache=False, **flags)(fn)
+
+
+_warned_no_cache = False
 
 
 _kernel = None
