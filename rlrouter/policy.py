@@ -14,7 +14,8 @@ The file is a ``.npz`` with arrays ``W1 b1 W2 b2 w3 b3`` (float32, ``x @ W`` con
 
 When every slot is present (the router's usual case) the hidden layers run compiled
 (:func:`_hidden`, numba, biases folded into the weights), computing what numpy's matrix products
-do to the bit. The dqn router's decision is one compiled call (:func:`_decide`: the observation
+do (to the bit with OpenBLAS's AVX2 kernels, which sum as they do; within float32 rounding
+elsewhere). The dqn router's decision is one compiled call (:func:`_decide`: the observation
 kernel of quicgw.core.features, the hidden layers and, for an even slot count, the Q-values
 summed in the order this machine's OpenBLAS sums ``z @ w3`` and their argmax; checked against
 numpy once per slot count by :meth:`NumpyQPolicy.compiled_last_layer`, else one numpy product
