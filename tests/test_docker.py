@@ -202,11 +202,19 @@ _BLOCK_TRAINING_STACK = (
     "sys.meta_path.insert(0, Blocker())\n")
 
 
+def _probe_without_training_stack(code: str) -> object:
+    """Run ``code`` in a fresh interpreter with the training stack blocked; the JSON it prints."""
+    r = subprocess.run([sys.executable, "-c", _BLOCK_TRAINING_STACK + code],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
 def test_image_requirements_cover_what_serving_imports():
     """The images install docker/requirements.txt and quicgw with --no-deps: every project
     dependency that `quicgw serve`, `quicgw backend` and the dashboard import must be listed."""
-    probe = _BLOCK_TRAINING_STACK + (
-        "import sys, json\n"
+    imported = set(_probe_without_training_stack(
+        "import json\n"
         "import quicgw.cli; quicgw.cli.build_parser()\n"
         "import quicgw.gateway.server, quicgw.gateway.cli, quicgw.backends.cli\n"
         "import quicgw.backends.emulated, quicgw.dashboard.routes, quicgw.dashboard.admin\n"
@@ -214,11 +222,7 @@ def test_image_requirements_cover_what_serving_imports():
         "from quicgw.runtime import event_loop_factory; event_loop_factory()\n"
         "from quicgw.core.routing import create_router\n"
         "create_router('dqn'); create_router('slackfit:0.35/0.35/0.8', reserve=0.625)\n"
-        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n")
-    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                       timeout=60, cwd=REPO)
-    assert r.returncode == 0, r.stderr
-    imported = set(json.loads(r.stdout))
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"))
 
     def name(req: str) -> str:
         return re.split(r"[\[<>=!;\s]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
@@ -242,7 +246,7 @@ def test_image_requirements_cover_what_serving_imports():
 def test_learned_and_slackfit_routers_serve_without_the_training_stack():
     """The images leave the training stack out: the gateway's `dqn` and `slackfit` routers must
     load and route with gymnasium, torch and SB3 unimportable."""
-    probe = _BLOCK_TRAINING_STACK + (
+    picks, modules = _probe_without_training_stack(
         "import json\n"
         "from quicgw.core.routing import ClusterView, InstanceLoad, RouteRequest, create_router\n"
         "from rlrouter.cluster import build_instances, cluster_specs\n"
@@ -254,10 +258,6 @@ def test_learned_and_slackfit_routers_serve_without_the_training_stack():
         "picks = {spec: create_router(spec).route(req, view)\n"
         "         for spec in ('dqn', 'slackfit:0.35/0.35/0.8')}\n"
         "print(json.dumps([picks, sorted({m.split('.')[0] for m in sys.modules})]))\n")
-    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                       timeout=120, cwd=REPO)
-    assert r.returncode == 0, r.stderr
-    picks, modules = json.loads(r.stdout)
     assert all(0 <= i < 4 for i in picks.values()), picks
     assert not set(_TRAINING_STACK) & set(modules)
 
