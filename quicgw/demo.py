@@ -161,7 +161,7 @@ async def _one(client, cls: str, prompt: str, max_tokens: int) -> Outcome:
 
 
 async def run_demo(requests: int = 120, rate: float = 8.0, seed: int = 0,
-                   scheduler: str = "edf", router: str = "jsq", time_scale: float = 1.0,
+                   scheduler: str = "edf", router: str = "slackfit:tuned", time_scale: float = 1.0,
                    progress: Callable[[str], None] | None = None) -> DemoResult:
     """Start backends and gateway, run the workload, stop everything; returns the outcome."""
     from quicgw.backends.process import BackendProcess, running_backends
@@ -215,7 +215,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="Poisson arrival rate, requests/s (%(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="workload seed (%(default)s)")
     parser.add_argument("--scheduler", default="edf", help="QUIC stream scheduler (%(default)s)")
-    parser.add_argument("--router", default="jsq", help="router spec (%(default)s)")
+    parser.add_argument("--router", default="slackfit:tuned",
+                        help="router spec (%(default)s: the most accurate model that still "
+                             "meets the deadline, with tuned margins; try jsq to compare)")
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="run the emulated models this many times faster (%(default)s)")
     parser.set_defaults(func=run)

@@ -43,6 +43,7 @@ TUNED_CLASS_MARGINS: tuple[float, ...] = (0.45, 0.5, 0.75)
 # tuned together the same way (the reservation moves the best margins).
 TUNED_RESERVE_MARGINS: tuple[float, ...] = (0.35, 0.35, 0.8)
 TUNED_RESERVE = 0.625
+TUNED = "tuned"  # SlackFitRouter("tuned"): the two above, `router = "slackfit:tuned"`
 
 
 def _quality(info, task: str) -> float:
@@ -62,6 +63,9 @@ class SlackFitRouter:
     ``margin`` is the fraction of the slack kept in reserve: one number for every class, or one
     per class in class-table order (a sequence, or ``"0.4/0.5/0.7"`` as in the gateway's
     ``router = "slackfit:0.4/0.5/0.7"``; classes past the last entry use the last).
+    ``"tuned"`` (``router = "slackfit:tuned"``) is the best configuration we have for the
+    poster's three classes: :data:`TUNED_RESERVE_MARGINS` with ``reserve`` defaulting to
+    :data:`TUNED_RESERVE` (the ``slackfit-reserve`` baseline).
 
     ``reserve`` (off by default; ``router_options = {reserve = 0.5}`` in the gateway) keeps the
     instances of the most accurate model present for the top class (class index 0) once they
@@ -75,8 +79,15 @@ class SlackFitRouter:
 
     def __init__(self, margin: float | str | Sequence[float] = 0.0,
                  reserve: float | None = None) -> None:
+        if margin == TUNED:
+            margin = TUNED_RESERVE_MARGINS
+            reserve = TUNED_RESERVE if reserve is None else reserve
         if isinstance(margin, str):
-            margins = tuple(float(x) for x in margin.split("/"))
+            try:
+                margins = tuple(float(x) for x in margin.split("/"))
+            except ValueError:
+                raise ValueError(f"slackfit margins: {TUNED!r} or numbers separated by '/' "
+                                 f"(e.g. 0.4/0.5/0.7), got {margin!r}") from None
         elif isinstance(margin, int | float):
             margins = (float(margin),)
         else:
@@ -201,5 +212,5 @@ def baseline_routers(seed: int = 0) -> dict[str, Router]:
         "slackfit": SlackFitRouter(),
         "slackfit-tuned": SlackFitRouter(TUNED_MARGIN),
         "slackfit-class": SlackFitRouter(TUNED_CLASS_MARGINS),
-        "slackfit-reserve": SlackFitRouter(TUNED_RESERVE_MARGINS, reserve=TUNED_RESERVE),
+        "slackfit-reserve": SlackFitRouter(TUNED),
     }

@@ -29,7 +29,13 @@ from rlrouter.cluster import build_instances, cluster_specs, parse_cluster, rand
 from rlrouter.env import ENV_ID, LLMRoutingEnv
 from rlrouter.evaluation import Scenario, evaluate, mean_score
 from rlrouter.policy import NumpyQPolicy
-from rlrouter.routers import DQNRouter, SlackFitRouter, baseline_routers
+from rlrouter.routers import (
+    TUNED_RESERVE,
+    TUNED_RESERVE_MARGINS,
+    DQNRouter,
+    SlackFitRouter,
+    baseline_routers,
+)
 from rlrouter.sim import Simulator
 from rlrouter.workloads import load_trace, make_workload, nominal_capacity_rps
 
@@ -286,6 +292,11 @@ def test_slackfit_picks_the_most_accurate_model_that_meets_the_deadline():
     assert per_class.margins == (0.4, 0.5, 0.7) and per_class.margin_for(7) == 0.7
     with pytest.raises(ValueError):
         SlackFitRouter("0.4/1.2")
+    tuned = create_router("slackfit:tuned")  # the slackfit-reserve baseline, by name
+    assert (tuned.margins, tuned.reserve) == (TUNED_RESERVE_MARGINS, TUNED_RESERVE)
+    assert create_router("slackfit:tuned", reserve=0.5).reserve == 0.5
+    with pytest.raises(ValueError, match="tuned"):
+        SlackFitRouter("fast")
 
 
 def test_dqn_router_is_registered_and_serves_any_cluster():
