@@ -6,8 +6,9 @@
   counts (the action draw is outside). Random actions overload instances (long queues, full
   batches), the slowest regime; the figure with the shipped policy's actions is printed too.
 * ``decision_us_p50``: median wall time of one ``DQNRouter.route`` call on the poster cluster,
-  with the shipped policy: the request and live counts packed into a buffer, then one compiled
-  call (numba: the shared observation kernel, the network, the argmax; see rlrouter.policy).
+  with the shipped policy: the request and live counts packed into a buffer, one compiled
+  call (numba: the shared observation kernel and the hidden layers; see rlrouter.policy), then
+  numpy's last layer and argmax.
 
 The compiled kernels are loaded (or, the first time after an edit, compiled: a few seconds)
 before anything is timed. The last line printed is ``sim: steps_per_s=<x> decision_us_p50=<x>``.

@@ -16,10 +16,8 @@ When every slot is present (the router's usual case) the hidden layers run compi
 (:func:`_hidden`, numba, biases folded into the weights), computing what numpy's matrix products
 do (to the bit with OpenBLAS's AVX2 kernels, which sum as they do; within float32 rounding
 elsewhere). The dqn router's decision is one compiled call (:func:`_decide`: the observation
-kernel of quicgw.core.features, the hidden layers and, for an even slot count, the Q-values
-summed in the order this machine's OpenBLAS sums ``z @ w3`` and their argmax; checked against
-numpy once per slot count by :meth:`NumpyQPolicy.compiled_last_layer`, else one numpy product
-and argmax follow). With absent slots the plain numpy formula runs (``_q_masked``).
+kernel of quicgw.core.features and the hidden layers), then numpy's ``z @ w3`` and argmax. With
+absent slots the plain numpy formula runs (``_q_masked``).
 """
 
 from __future__ import annotations
@@ -44,9 +42,9 @@ NEG = np.float32(-1e9)
 # quicgw.core.features.jit): each output of a matrix product is accumulated in input order with
 # fused multiply-adds in float32 (fastmath "contract" and nothing else), which is how OpenBLAS's
 # sgemm/sgemv kernels sum, so the hidden activations equal numpy's `x @ W` to the bit
-# (tests/test_fastpaths.py pins them to the plain numpy products). The last layer (a dot product
-# per slot, which OpenBLAS's sgemv_t sums in lanes) is compiled in that lane order for even slot
-# counts, and used only where it matches numpy (NumpyQPolicy.compiled_last_layer).
+# (tests/test_fastpaths.py pins them to the plain numpy products). The last layer stays numpy's
+# product: compiling it too saves about half a microsecond per decision, not worth imitating
+# the lane order of one BLAS kernel to keep the decisions equal.
 
 
 def _hidden(obs, n, w, z):  # compiled: see above
@@ -55,7 +53,7 @@ def _hidden(obs, n, w, z):  # compiled: see above
     weights. Inner loops run along contiguous weight rows (they vectorise); every output
     still sums its inputs in order."""
     r2 = INSTANCE_DIM + GLOBAL_DIM
-    h1 = w.shape[0] - r2 - 1
+    h1 = w.shape[0] - r2
     h2 = z.shape[1]
     zero = np.float32(0.0)
     gw = np.zeros(h1, np.float32)
@@ -98,92 +96,30 @@ def _hidden(obs, n, w, z):  # compiled: see above
     return n
 
 
-def _q_quad(zi, w3):  # compiled with fastmath "contract"
-    """``zi . w3`` summed as OpenBLAS's sgemv_t sums a row in a block of four (its AVX2
-    kernel): fused multiply-adds into two 4-lane accumulators taking 4 entries in turn,
-    lanes added pairwise, then across. len(w3) % 8 == 0."""
-    zero = np.float32(0.0)
-    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero
-    for k in range(0, w3.shape[0], 8):
-        a0 += zi[k] * w3[k]
-        a1 += zi[k + 1] * w3[k + 1]
-        a2 += zi[k + 2] * w3[k + 2]
-        a3 += zi[k + 3] * w3[k + 3]
-        b0 += zi[k + 4] * w3[k + 4]
-        b1 += zi[k + 5] * w3[k + 5]
-        b2 += zi[k + 6] * w3[k + 6]
-        b3 += zi[k + 7] * w3[k + 7]
-    return zero + (((a0 + b0) + (a1 + b1)) + ((a2 + b2) + (a3 + b3)))
-
-
-def _q_pair(zi, w3):  # compiled without fastmath: products rounded, then added
-    """``zi . w3`` summed as OpenBLAS's sgemv_t sums the two rows after the blocks of four (its
-    SSE kernel: multiply, then add into 4 lanes; lanes added pairwise, then across)."""
-    zero = np.float32(0.0)
-    a0 = a1 = a2 = a3 = zero
-    for k in range(0, w3.shape[0], 4):
-        a0 += zi[k] * w3[k]
-        a1 += zi[k + 1] * w3[k + 1]
-        a2 += zi[k + 2] * w3[k + 2]
-        a3 += zi[k + 3] * w3[k + 3]
-    return zero + ((a0 + a1) + (a2 + a3))
-
-
-def _q_rows(z, w3, q):  # compiled: the last layer, rows as numpy's z.dot(w3) sums them
-    """q = z @ w3 for an even number of rows: blocks of four rows, then a pair (OpenBLAS's
-    order on this CPU; NumpyQPolicy.compiled_last_layer checks it against numpy)."""
-    n = z.shape[0]
-    n4 = n - n % 4
-    for i in range(n):
-        q[i] = _q_quad_k(z[i], w3) if i < n4 else _q_pair_k(z[i], w3)
-    return n
-
-
-def _decide(req, st, obs, w, z, last):  # compiled: the router's whole all-healthy decision
+def _decide(req, st, obs, w, z):  # compiled: the router's decision up to the last layer
     """The observation (quicgw.core.features' kernel) into ``obs``; then, if every instance is
-    healthy, the hidden layers into ``z`` and, with ``last``, the Q-values and their argmax
-    (numpy's argmax: the first maximum). Returns that slot; n (``last`` == 0: the caller takes
-    the Q-values with numpy); or -1 (an unhealthy instance: the caller takes the masked path
-    on ``obs``)."""
+    healthy, the hidden layers into ``z``. Returns n, or -1 (an unhealthy instance: the caller
+    takes the masked path on ``obs``)."""
     n = st.shape[0]
     if _fill_k(req, st, obs) < n:
         return -1
-    _hidden_k(obs, n, w, z)
-    if last == 0:
-        return n
-    w3 = w[w.shape[0] - 1, :z.shape[1]]
-    n4 = n - n % 4
-    best = 0
-    qbest = _q_quad_k(z[0], w3) if n4 else _q_pair_k(z[0], w3)
-    if qbest != qbest:  # NaN: numpy's argmax returns the first one
-        return 0
-    for i in range(1, n):
-        v = _q_quad_k(z[i], w3) if i < n4 else _q_pair_k(z[i], w3)
-        if v != v:
-            return i
-        if v > qbest:
-            qbest = v
-            best = i
-    return best
+    return _hidden_k(obs, n, w, z)
 
 
-_fill_k = _hidden_k = _q_quad_k = _q_pair_k = _q_rows_k = _decide_k = None
+_fill_k = _hidden_k = _decide_k = None
 
 
 def _kernels():
-    """(hidden, decide, q_rows), compiled on first use (or loaded from numba's cache)."""
-    global _fill_k, _hidden_k, _q_quad_k, _q_pair_k, _q_rows_k, _decide_k
+    """(hidden, decide), compiled on first use (or loaded from numba's cache)."""
+    global _fill_k, _hidden_k, _decide_k
     if _decide_k is None:
         jit = features.jit
         _fill_k = features.kernel()
         _hidden_k = jit(_hidden, ["int64(float32[::1], int64, float32[:, ::1], float32[:, ::1])"],
                         fastmath={"contract"})
-        _q_quad_k = jit(_q_quad, ["float32(float32[::1], float32[::1])"], fastmath={"contract"})
-        _q_pair_k = jit(_q_pair, ["float32(float32[::1], float32[::1])"])
-        _q_rows_k = jit(_q_rows, ["int64(float32[:, ::1], float32[::1], float32[::1])"])
         _decide_k = jit(_decide, ["int64(float64[::1], float64[:, ::1], float32[::1], "
-                                  "float32[:, ::1], float32[:, ::1], int64)"])
-    return _hidden_k, _decide_k, _q_rows_k
+                                  "float32[:, ::1], float32[:, ::1])"])
+    return _hidden_k, _decide_k
 
 
 class NumpyQPolicy:
@@ -225,7 +161,6 @@ class NumpyQPolicy:
         # at once (threads).
         self._packed: dict[int, np.ndarray] = {}
         self._bufs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._last_ok: dict[int, bool] = {}  # compiled_last_layer's verdicts
 
     # -- io ------------------------------------------------------------------------------------
     @classmethod
@@ -257,42 +192,18 @@ class NumpyQPolicy:
         """The weights the compiled layers read for ``n`` slots, one float32 array: rows
         ``[0, INSTANCE_DIM)`` W1i (with b1 on the "present" row and the always-1 unit), then
         GLOBAL_DIM rows of W1g (both h+1 wide), then h+1 rows of ``[W2h | W2c / n]`` (b2 on
-        the last row of W2h; mean pooling as a sum), then w3. Cached per n."""
+        the last row of W2h; mean pooling as a sum). Cached per n."""
         w = self._packed.get(n)
         if w is None:
             h1, h2 = self._W1i_b.shape[1], self._h2
             r2 = INSTANCE_DIM + GLOBAL_DIM
-            w = np.zeros((r2 + h1 + 1, max(h1, 2 * h2)), np.float32)
+            w = np.zeros((r2 + h1, max(h1, 2 * h2)), np.float32)
             w[:INSTANCE_DIM, :h1] = self._W1i_b
             w[INSTANCE_DIM:r2, :h1] = self._W1g_b
             w[r2:r2 + h1, :h2] = self._W2h_b
             w[r2:r2 + h1, h2:2 * h2] = self._W2c_b / np.float32(n)
-            w[r2 + h1, :h2] = self.w3
             self._packed[n] = w
         return w
-
-    def compiled_last_layer(self, n: int) -> bool:
-        """Whether the router may take the Q-values and argmax of ``n`` slots in its compiled
-        call: n even, h2 a multiple of 8, and the compiled sums (rlrouter.policy._q_rows)
-        equal numpy's ``z.dot(w3)`` to the bit on 64 random activations in the very buffers
-        the router uses. Checked once per n; otherwise the numpy product runs."""
-        ok = self._last_ok.get(n)
-        if ok is None:
-            ok = n > 0 and n % 2 == 0 and self._h2 % 8 == 0
-            if ok:
-                z, q = self.buffers(n)
-                mine = np.empty(n, np.float32)
-                rng = np.random.default_rng(n)
-                rows_k = _kernels()[2]
-                for _ in range(64):
-                    z[:] = np.maximum(rng.standard_normal(z.shape), 0.0)
-                    z.dot(self.w3, q)
-                    rows_k(z, self.w3, mine)
-                    if not np.array_equal(q, mine):
-                        ok = False
-                        break
-            self._last_ok[n] = ok
-        return ok
 
     def buffers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(z, q): the second hidden layer's (n, h2) output and the (n,) Q-values, reused."""

@@ -151,10 +151,9 @@ class DQNRouter:
 
     A decision packs the request and the live counts into a buffer (features.gather) and makes
     one compiled call that writes the observation into the router's buffer and, when every
-    instance is healthy, runs the network and returns the argmax (rlrouter.policy._decide; for
-    an odd instance count, or where the compiled last layer does not match numpy's, a numpy
-    matrix-vector product and argmax finish it). Nothing is allocated per decision; one
-    router object serves one decision at a time.
+    instance is healthy, runs the hidden layers (rlrouter.policy._decide); a numpy
+    matrix-vector product and argmax finish it. Nothing is allocated per decision; one router
+    object serves one decision at a time.
     """
 
     name = "dqn"
@@ -163,15 +162,14 @@ class DQNRouter:
         self.policy = policy if isinstance(policy, NumpyQPolicy) else NumpyQPolicy.load(policy)
         self._obs = np.zeros(OBS_DIM, dtype=np.float32)
         self._req = np.zeros(_REQ_MIN, dtype=np.float64)
-        self._per_n: dict[int, tuple] = {}  # slot count -> (policy, weights, z, q, w3, last)
+        self._per_n: dict[int, tuple] = {}  # slot count -> (policy, weights, z, q, w3)
         self._decide = _kernels()[1]  # compiled now (or loaded from the cache), not mid-request
 
     def _setup(self, n: int) -> tuple:
         if n > MAX_INSTANCES:
             raise ValueError(f"the dqn router serves at most {MAX_INSTANCES} instances")
         p = self.policy
-        per = self._per_n[n] = (p, p.packed(n), *p.buffers(n), p.w3,
-                                int(p.compiled_last_layer(n)))
+        per = self._per_n[n] = (p, p.packed(n), *p.buffers(n), p.w3)
         return per
 
     def route(self, request: RouteRequest, cluster: ClusterView) -> int:
@@ -179,7 +177,7 @@ class DQNRouter:
         per = self._per_n.get(n)
         if per is None or per[0] is not self.policy:
             per = self._setup(n)
-        _, w, z, q, w3, last = per
+        _, w, z, q, w3 = per
         obs, req = self._obs, self._req
         try:
             rows = gather(request, cluster, req)
@@ -187,11 +185,8 @@ class DQNRouter:
             req = self._req = np.zeros(_REQ_MIN + 3 * len(cluster.rates), np.float64)
             rows = gather(request, cluster, req)
         # One compiled call: the observation into obs (slots past n are never read) and, with
-        # every instance healthy, the hidden layers into z and (`last`) the decision.
-        a = self._decide(req, rows, obs, w, z, last)
-        if a < n:
-            if a >= 0:
-                return a
+        # every instance healthy, the hidden layers into z.
+        if self._decide(req, rows, obs, w, z) < 0:
             best = self.policy.best(obs, n, False)
             if best < 0:
                 raise NoInstanceAvailable("no healthy instance")

@@ -40,7 +40,7 @@ from quicgw.core.features import (  # _values: the float64 entries, before packi
 from quicgw.core.latency import BatchEngine, EngineRequest
 from quicgw.core.routing import ClusterView, InstanceLoad, NoInstanceAvailable, RouteRequest
 from rlrouter.evaluation import Scenario
-from rlrouter.policy import NEG, NumpyQPolicy, _kernels
+from rlrouter.policy import NEG, NumpyQPolicy
 from rlrouter.routers import DQNRouter
 from rlrouter.sim import Simulator
 
@@ -317,10 +317,10 @@ def _hidden_reference(policy: NumpyQPolicy, obs: np.ndarray, n: int) -> np.ndarr
     packed weights (b1 on the "present" row, b2 on an always-1 unit, W2c / n)."""
     w = policy.packed(n)
     r2 = INSTANCE_DIM + GLOBAL_DIM
-    h1, h2 = w.shape[0] - r2 - 1, policy.W2.shape[1]
+    h1, h2 = w.shape[0] - r2, policy.W2.shape[1]
     g, x = obs[:GLOBAL_DIM], obs[GLOBAL_DIM:GLOBAL_DIM + n * INSTANCE_DIM].reshape(n, INSTANCE_DIM)
     w1i, w1g = np.ascontiguousarray(w[:INSTANCE_DIM, :h1]), np.ascontiguousarray(w[INSTANCE_DIM:r2, :h1])
-    w2h, w2c = np.ascontiguousarray(w[r2:-1, :h2]), np.ascontiguousarray(w[r2:-1, h2:2 * h2])
+    w2h, w2c = np.ascontiguousarray(w[r2:, :h2]), np.ascontiguousarray(w[r2:, h2:2 * h2])
     h = np.maximum(x.dot(w1i) + g.dot(w1g), np.float32(0))
     c = h.dot(w2c)
     return np.maximum(h.dot(w2h) + np.ones(n, np.float32).dot(c), np.float32(0))
@@ -344,33 +344,6 @@ def test_compiled_hidden_layers_match_numpy_products():
             ref = _hidden_reference(policy, obs, n)
             np.testing.assert_allclose(z, ref, rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(q, ref.dot(policy.w3), rtol=1e-5, atol=1e-5)
-
-
-def test_compiled_last_layer_is_numpys_product_where_enabled():
-    """Where NumpyQPolicy.compiled_last_layer(n) holds (n even and the compiled sums equal
-    this machine's BLAS: OpenBLAS's AVX2 and SSE sgemv_t kernels), the router's one compiled
-    call returns numpy's argmax of numpy's Q-values, on random observations of n slots."""
-    policy = NumpyQPolicy.load()
-    router = DQNRouter(policy)
-    _, decide, q_rows = _kernels()
-    rng = np.random.default_rng(8)
-    enabled = [n for n in range(1, MAX_INSTANCES + 1) if policy.compiled_last_layer(n)]
-    if not enabled:
-        pytest.skip("the compiled last layer does not match this machine's BLAS")
-    assert all(n % 2 == 0 for n in enabled)
-    for n in enabled:
-        z, q = policy.buffers(n)
-        mine = np.empty(n, np.float32)
-        for _ in range(200):
-            z[:] = np.maximum(rng.standard_normal(z.shape), 0.0).astype(np.float32)
-            q_rows(z, policy.w3, mine)
-            assert np.array_equal(mine, z.dot(policy.w3))
-    for req, view in _random_states(1500, seed=9):
-        n = len(view.instances)
-        if n not in enabled or not all(ld.healthy for ld in view.loads):
-            continue
-        q = policy.q_values(observation(req, view), n)
-        assert router.route(req, view) == int(np.argmax(q))
 
 
 def test_dqn_decision_is_the_argmax_of_q_values():
