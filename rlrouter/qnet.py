@@ -1,6 +1,7 @@
 """Training-side (torch) twin of :mod:`rlrouter.policy`: the instance-scoring Q-network as an
-SB3 policy, a DQN with action-masked exploration and optional Double-DQN targets, and the export
-to the numpy policy file. Only training imports this module; serving needs numpy alone.
+SB3 policy, a DQN with action-masked exploration and optional Double-DQN targets, its QR-DQN
+(sb3-contrib) counterpart with the same trunk and one quantile head per instance slot, and the
+export to the numpy policy file. Only training imports this module; serving needs numpy alone.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import numpy as np
 import torch as th
 import torch.nn.functional as F
 from gymnasium import spaces
+from sb3_contrib import QRDQN
+from sb3_contrib.qrdqn.policies import QRDQNPolicy
 from stable_baselines3 import DQN
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.dqn.policies import DQNPolicy
@@ -20,6 +23,32 @@ from quicgw.core.features import GLOBAL_DIM, INSTANCE_DIM, MAX_INSTANCES
 from rlrouter.policy import NumpyQPolicy
 
 NEG = -1e9
+
+
+def _instance_trunk(net: BasePolicy, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+    """(z, present): the shared layers ``net.l1``/``net.l2`` over every instance slot (see
+    :mod:`rlrouter.policy` for the architecture); z is (batch, slots, h2)."""
+    x = net.extract_features(obs, net.features_extractor)
+    g = x[:, :GLOBAL_DIM]
+    inst = x[:, GLOBAL_DIM:].reshape(-1, MAX_INSTANCES, INSTANCE_DIM)
+    present = inst[..., 0] > 0.5
+    xi = th.cat([g.unsqueeze(1).expand(-1, MAX_INSTANCES, -1), inst], dim=-1)
+    h = F.relu(net.l1(xi))
+    pm = present.unsqueeze(-1).to(h.dtype)
+    c = (h * pm).sum(dim=1) / pm.sum(dim=1).clamp(min=1.0)
+    z = F.relu(net.l2(th.cat([h, c.unsqueeze(1).expand(-1, MAX_INSTANCES, -1)], dim=-1)))
+    return z, present
+
+
+def _check_layout(action_space: spaces.Discrete, features_dim: int, net_arch: list[int] | None,
+                  default: list[int]) -> list[int]:
+    if action_space.n != MAX_INSTANCES or features_dim != GLOBAL_DIM + MAX_INSTANCES * INSTANCE_DIM:
+        raise ValueError("the instance-scoring networks need the shared router observation and "
+                         "actions")
+    net_arch = list(net_arch or default)
+    if len(net_arch) != 2:
+        raise ValueError("net_arch must be [hidden1, hidden2]")
+    return net_arch
 
 
 class InstanceQNetwork(BasePolicy):
@@ -32,11 +61,7 @@ class InstanceQNetwork(BasePolicy):
                  normalize_images: bool = True) -> None:
         super().__init__(observation_space, action_space, features_extractor=features_extractor,
                          normalize_images=normalize_images)
-        if action_space.n != MAX_INSTANCES or features_dim != GLOBAL_DIM + MAX_INSTANCES * INSTANCE_DIM:
-            raise ValueError("InstanceQNetwork needs the shared router observation and actions")
-        net_arch = list(net_arch or [128, 128])
-        if len(net_arch) != 2:
-            raise ValueError("net_arch must be [hidden1, hidden2]")
+        net_arch = _check_layout(action_space, features_dim, net_arch, [128, 128])
         self.net_arch = net_arch
         self.activation_fn = activation_fn
         self.features_dim = features_dim
@@ -46,15 +71,7 @@ class InstanceQNetwork(BasePolicy):
         self.out = nn.Linear(h2, 1)
 
     def forward(self, obs: th.Tensor) -> th.Tensor:
-        x = self.extract_features(obs, self.features_extractor)
-        g = x[:, :GLOBAL_DIM]
-        inst = x[:, GLOBAL_DIM:].reshape(-1, MAX_INSTANCES, INSTANCE_DIM)
-        present = inst[..., 0] > 0.5
-        xi = th.cat([g.unsqueeze(1).expand(-1, MAX_INSTANCES, -1), inst], dim=-1)
-        h = F.relu(self.l1(xi))
-        pm = present.unsqueeze(-1).to(h.dtype)
-        c = (h * pm).sum(dim=1) / pm.sum(dim=1).clamp(min=1.0)
-        z = F.relu(self.l2(th.cat([h, c.unsqueeze(1).expand(-1, MAX_INSTANCES, -1)], dim=-1)))
+        z, present = _instance_trunk(self, obs)
         q = self.out(z).squeeze(-1)
         return q.masked_fill(~present, NEG)
 
@@ -77,19 +94,61 @@ class InstanceDQNPolicy(DQNPolicy):
         return InstanceQNetwork(**net_args).to(self.device)
 
 
+class InstanceQuantileNetwork(BasePolicy):
+    """QR-DQN's quantile network with the instance-scoring trunk: each slot gets
+    ``n_quantiles`` return quantiles from its own features plus the global ones (shared
+    weights); absent slots get -1e9. Output (batch, n_quantiles, slots), as sb3-contrib's
+    QuantileNetwork. Its Q-value (the mean of the quantiles) is linear in the last layer, so
+    it exports exactly to the numpy policy (:func:`export_numpy`)."""
+
+    def __init__(self, observation_space: spaces.Box, action_space: spaces.Discrete,
+                 features_extractor: nn.Module, features_dim: int, n_quantiles: int = 50,
+                 net_arch: list[int] | None = None, activation_fn: type[nn.Module] = nn.ReLU,
+                 normalize_images: bool = True) -> None:
+        super().__init__(observation_space, action_space, features_extractor=features_extractor,
+                         normalize_images=normalize_images)
+        net_arch = _check_layout(action_space, features_dim, net_arch, [64, 64])
+        self.net_arch = net_arch
+        self.activation_fn = activation_fn
+        self.features_dim = features_dim
+        self.n_quantiles = n_quantiles
+        h1, h2 = net_arch
+        self.l1 = nn.Linear(GLOBAL_DIM + INSTANCE_DIM, h1)
+        self.l2 = nn.Linear(2 * h1, h2)
+        self.out = nn.Linear(h2, n_quantiles)
+
+    def forward(self, obs: th.Tensor) -> th.Tensor:
+        z, present = _instance_trunk(self, obs)
+        quantiles = self.out(z).masked_fill(~present.unsqueeze(-1), NEG)
+        return quantiles.permute(0, 2, 1)
+
+    def _predict(self, observation: th.Tensor, deterministic: bool = True) -> th.Tensor:
+        return self(observation).mean(dim=1).argmax(dim=1).reshape(-1)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(dict(net_arch=self.net_arch, features_dim=self.features_dim,
+                         n_quantiles=self.n_quantiles, activation_fn=self.activation_fn,
+                         features_extractor=self.features_extractor))
+        return data
+
+
+class InstanceQRDQNPolicy(QRDQNPolicy):
+    """sb3-contrib QR-DQN policy whose quantile network is :class:`InstanceQuantileNetwork`."""
+
+    def make_quantile_net(self) -> InstanceQuantileNetwork:
+        net_args = self._update_features_extractor(self.net_args, features_extractor=None)
+        return InstanceQuantileNetwork(**net_args).to(self.device)
+
+
 def _present(observation: np.ndarray) -> np.ndarray:
     obs = np.asarray(observation).reshape(-1, observation.shape[-1])
     return obs[:, GLOBAL_DIM::INSTANCE_DIM][:, :MAX_INSTANCES] > 0.5
 
 
-class RoutingDQN(DQN):
-    """SB3 DQN with exploration restricted to present instances (the action mask is in the
-    observation) and, with ``double_q=True``, Double-DQN targets (van Hasselt et al. 2016:
-    the online network picks the next action, the target network values it)."""
-
-    def __init__(self, *args: Any, double_q: bool = False, **kwargs: Any) -> None:
-        self.double_q = double_q
-        super().__init__(*args, **kwargs)
+class _MaskedExploration:
+    """Epsilon-greedy exploration among the present instances only (the action mask is in the
+    observation), for SB3's DQN and sb3-contrib's QR-DQN alike."""
 
     def predict(self, observation, state=None, episode_start=None, deterministic=False):
         if not deterministic and np.random.rand() < self.exploration_rate:
@@ -100,6 +159,29 @@ class RoutingDQN(DQN):
                 action = action[0]
             return action, state
         return self.policy.predict(observation, state, episode_start, deterministic)
+
+
+class RoutingQRDQN(_MaskedExploration, QRDQN):
+    """sb3-contrib QR-DQN (Dabney et al. 2018: the return distribution as quantiles, a quantile
+    Huber loss) with exploration restricted to present instances."""
+
+    @property
+    def value_net(self) -> InstanceQuantileNetwork:
+        return self.quantile_net
+
+
+class RoutingDQN(_MaskedExploration, DQN):
+    """SB3 DQN with exploration restricted to present instances and, with ``double_q=True``,
+    Double-DQN targets (van Hasselt et al. 2016: the online network picks the next action, the
+    target network values it)."""
+
+    def __init__(self, *args: Any, double_q: bool = False, **kwargs: Any) -> None:
+        self.double_q = double_q
+        super().__init__(*args, **kwargs)
+
+    @property
+    def value_net(self) -> InstanceQNetwork:
+        return self.q_net
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         if not self.double_q:
@@ -127,14 +209,17 @@ class RoutingDQN(DQN):
         self.logger.record("train/loss", float(np.mean(losses)))
 
 
-def export_numpy(q_net: InstanceQNetwork, meta: dict | None = None) -> NumpyQPolicy:
-    """The numpy twin of a trained Q-network (``x @ W`` convention)."""
+def export_numpy(q_net: InstanceQNetwork | InstanceQuantileNetwork,
+                 meta: dict | None = None) -> NumpyQPolicy:
+    """The numpy twin of a trained Q-network (``x @ W`` convention). A quantile network's
+    Q-value is the mean of its quantiles, ``mean_k(w_k . z + b_k) = mean(w) . z + mean(b)``:
+    the mean of the head is the exported last layer (for one output it is the layer itself)."""
     def arr(t: th.Tensor) -> np.ndarray:
         return t.detach().cpu().numpy().astype(np.float32)
 
     weights = {
         "W1": arr(q_net.l1.weight).T, "b1": arr(q_net.l1.bias),
         "W2": arr(q_net.l2.weight).T, "b2": arr(q_net.l2.bias),
-        "w3": arr(q_net.out.weight).reshape(-1), "b3": arr(q_net.out.bias),
+        "w3": arr(q_net.out.weight.mean(dim=0)), "b3": arr(q_net.out.bias.mean().reshape(1)),
     }
     return NumpyQPolicy(weights, meta)

@@ -356,6 +356,31 @@ def test_numpy_policy_matches_sb3_on_1000_random_observations(tmp_path):
     assert loaded.meta == {"test": True}
 
 
+def test_qrdqn_quantile_mean_exports_exactly():
+    """QR-DQN's greedy action is the argmax of its quantiles' mean; the exported numpy policy
+    (the head's mean as its last layer) picks the same on 1,000 random observations."""
+    import torch as th
+
+    from rlrouter.qnet import InstanceQRDQNPolicy, RoutingQRDQN, export_numpy
+
+    env = LLMRoutingEnv(dict(SMALL, cluster="random", cluster_size=[2, 16]))
+    model = RoutingQRDQN(InstanceQRDQNPolicy, env, policy_kwargs={"net_arch": [32, 32],
+                                                                  "n_quantiles": 8},
+                         learning_starts=50, buffer_size=1000, batch_size=16, train_freq=1,
+                         target_update_interval=50, seed=0, device="cpu")
+    model.learn(total_timesteps=200)
+    obs = _random_obs(1000, seed=3)
+    policy = export_numpy(model.value_net)
+    sb3_actions, _ = model.predict(obs, deterministic=True)
+    with th.no_grad():
+        q_torch = model.value_net(th.as_tensor(obs)).mean(dim=1).numpy()
+    q_np = policy.q_values_batch(obs)
+    present = obs[:, GLOBAL_DIM::INSTANCE_DIM][:, :MAX_INSTANCES] > 0.5
+    assert np.allclose(q_np[present], q_torch[present], atol=1e-4)
+    assert np.array_equal(np.argmax(q_np, axis=1), sb3_actions)
+    assert np.array_equal([policy.act(o) for o in obs], sb3_actions)
+
+
 def test_shipped_policy_loads_and_beats_naive_baselines_quickly():
     policy = NumpyQPolicy.load()  # rlrouter/policies/dqn.npz, from the package
     sc = Scenario("poster", "unpredictable", 60.0)

@@ -38,11 +38,18 @@ import rlrouter  # noqa: E402,F401  (registers the env)
 from rlrouter.env import ENV_ID  # noqa: E402
 from rlrouter.evaluation import VALIDATION_SEEDS, Scenario, evaluate, mean_score  # noqa: E402
 from rlrouter.policy import NumpyQPolicy  # noqa: E402
-from rlrouter.qnet import InstanceDQNPolicy, RoutingDQN, export_numpy  # noqa: E402
+from rlrouter.qnet import (  # noqa: E402
+    InstanceDQNPolicy,
+    InstanceQRDQNPolicy,
+    RoutingDQN,
+    RoutingQRDQN,
+    export_numpy,
+)
 from rlrouter.routers import DQNRouter  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HYPERPARAMS = Path(__file__).resolve().parent / "hyperparams"
+ALGOS = ("dqn", "ddqn", "qrdqn")
 POLICY_DIR = ROOT / "rlrouter" / "policies"
 
 
@@ -87,7 +94,8 @@ class ValidationCallback(BaseCallback):
 
     def validate(self) -> None:
         t0 = time.perf_counter()
-        policy = export_numpy(self.model.q_net, dict(self.meta, timesteps=self.num_timesteps))
+        policy = export_numpy(self.model.value_net,
+                              dict(self.meta, timesteps=self.num_timesteps))
         scores = {w: mean_score(evaluate(lambda: DQNRouter(policy), sc, self.seeds))
                   for w, sc in self.scenarios.items()}
         mean = float(np.mean(list(scores.values())))
@@ -116,7 +124,11 @@ def make_model(algo: str, hp: dict, env, seed: int, tb_dir: Path | None):
                   tensorboard_log=str(tb_dir) if tb_dir else None, device="cpu")
     if algo in ("dqn", "ddqn"):
         return RoutingDQN(InstanceDQNPolicy, env, double_q=(algo == "ddqn"), **common, **kwargs)
-    raise SystemExit(f"unknown algo {algo!r} (dqn | ddqn)")
+    if algo == "qrdqn":
+        kwargs["policy_kwargs"] = dict(kwargs["policy_kwargs"],
+                                       n_quantiles=int(hp.get("n_quantiles", 50)))
+        return RoutingQRDQN(InstanceQRDQNPolicy, env, **common, **kwargs)
+    raise SystemExit(f"unknown algo {algo!r} ({' | '.join(ALGOS)})")
 
 
 def train_seed(algo: str, hp: dict, seed: int, out_root: Path, n_timesteps: int,
@@ -147,7 +159,9 @@ def train_seed(algo: str, hp: dict, seed: int, out_root: Path, n_timesteps: int,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--algo", default=None, help="dqn | ddqn (default: the YAML's algo)")
+    ap.add_argument("--algo", default=None, choices=ALGOS,
+                    help="dqn, ddqn (Double DQN) or qrdqn (QR-DQN, sb3-contrib); default: the "
+                         "YAML's algo")
     ap.add_argument("--hyperparams", type=Path, default=None,
                     help="YAML file (default: training/hyperparams/dqn.yml)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
