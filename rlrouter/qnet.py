@@ -25,58 +25,44 @@ from rlrouter.policy import NumpyQPolicy
 NEG = -1e9
 
 
-def _instance_trunk(net: BasePolicy, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-    """(z, present): the shared layers ``net.l1``/``net.l2`` over every instance slot (see
-    :mod:`rlrouter.policy` for the architecture); z is (batch, slots, h2)."""
-    x = net.extract_features(obs, net.features_extractor)
-    g = x[:, :GLOBAL_DIM]
-    inst = x[:, GLOBAL_DIM:].reshape(-1, MAX_INSTANCES, INSTANCE_DIM)
-    present = inst[..., 0] > 0.5
-    xi = th.cat([g.unsqueeze(1).expand(-1, MAX_INSTANCES, -1), inst], dim=-1)
-    h = F.relu(net.l1(xi))
-    pm = present.unsqueeze(-1).to(h.dtype)
-    c = (h * pm).sum(dim=1) / pm.sum(dim=1).clamp(min=1.0)
-    z = F.relu(net.l2(th.cat([h, c.unsqueeze(1).expand(-1, MAX_INSTANCES, -1)], dim=-1)))
-    return z, present
-
-
-def _check_layout(action_space: spaces.Discrete, features_dim: int, net_arch: list[int] | None,
-                  default: list[int]) -> list[int]:
-    if action_space.n != MAX_INSTANCES or features_dim != GLOBAL_DIM + MAX_INSTANCES * INSTANCE_DIM:
-        raise ValueError("the instance-scoring networks need the shared router observation and "
-                         "actions")
-    net_arch = list(net_arch or default)
-    if len(net_arch) != 2:
-        raise ValueError("net_arch must be [hidden1, hidden2]")
-    return net_arch
-
-
-class InstanceQNetwork(BasePolicy):
-    """Scores every instance slot with shared weights; absent slots get -1e9 (see
-    :mod:`rlrouter.policy` for the architecture)."""
+class _InstanceScoringNetwork(BasePolicy):
+    """The shared layers over every instance slot (see :mod:`rlrouter.policy` for the
+    architecture) and a head of ``heads`` outputs per slot: one Q-value (DQN) or the return
+    quantiles (QR-DQN). Layers are built in the order l1, l2, out, so a seed gives the same
+    initial weights whatever the head."""
 
     def __init__(self, observation_space: spaces.Box, action_space: spaces.Discrete,
-                 features_extractor: nn.Module, features_dim: int,
-                 net_arch: list[int] | None = None, activation_fn: type[nn.Module] = nn.ReLU,
-                 normalize_images: bool = True) -> None:
+                 features_extractor: nn.Module, features_dim: int, net_arch: list[int] | None,
+                 activation_fn: type[nn.Module], normalize_images: bool, heads: int,
+                 default_arch: list[int]) -> None:
         super().__init__(observation_space, action_space, features_extractor=features_extractor,
                          normalize_images=normalize_images)
-        net_arch = _check_layout(action_space, features_dim, net_arch, [128, 128])
+        if action_space.n != MAX_INSTANCES or features_dim != GLOBAL_DIM + MAX_INSTANCES * INSTANCE_DIM:
+            raise ValueError(f"{type(self).__name__} needs the shared router observation and "
+                             f"actions")
+        net_arch = list(net_arch or default_arch)
+        if len(net_arch) != 2:
+            raise ValueError("net_arch must be [hidden1, hidden2]")
         self.net_arch = net_arch
         self.activation_fn = activation_fn
         self.features_dim = features_dim
         h1, h2 = net_arch
         self.l1 = nn.Linear(GLOBAL_DIM + INSTANCE_DIM, h1)
         self.l2 = nn.Linear(2 * h1, h2)
-        self.out = nn.Linear(h2, 1)
+        self.out = nn.Linear(h2, heads)
 
-    def forward(self, obs: th.Tensor) -> th.Tensor:
-        z, present = _instance_trunk(self, obs)
-        q = self.out(z).squeeze(-1)
-        return q.masked_fill(~present, NEG)
-
-    def _predict(self, observation: th.Tensor, deterministic: bool = True) -> th.Tensor:
-        return self(observation).argmax(dim=1).reshape(-1)
+    def _scores(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """(head outputs (batch, slots, heads), present (batch, slots))."""
+        x = self.extract_features(obs, self.features_extractor)
+        g = x[:, :GLOBAL_DIM]
+        inst = x[:, GLOBAL_DIM:].reshape(-1, MAX_INSTANCES, INSTANCE_DIM)
+        present = inst[..., 0] > 0.5
+        xi = th.cat([g.unsqueeze(1).expand(-1, MAX_INSTANCES, -1), inst], dim=-1)
+        h = F.relu(self.l1(xi))
+        pm = present.unsqueeze(-1).to(h.dtype)
+        c = (h * pm).sum(dim=1) / pm.sum(dim=1).clamp(min=1.0)
+        z = F.relu(self.l2(th.cat([h, c.unsqueeze(1).expand(-1, MAX_INSTANCES, -1)], dim=-1)))
+        return self.out(z), present
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -84,6 +70,25 @@ class InstanceQNetwork(BasePolicy):
                          activation_fn=self.activation_fn,
                          features_extractor=self.features_extractor))
         return data
+
+
+class InstanceQNetwork(_InstanceScoringNetwork):
+    """Scores every instance slot with shared weights; absent slots get -1e9."""
+
+    def __init__(self, observation_space: spaces.Box, action_space: spaces.Discrete,
+                 features_extractor: nn.Module, features_dim: int,
+                 net_arch: list[int] | None = None, activation_fn: type[nn.Module] = nn.ReLU,
+                 normalize_images: bool = True) -> None:
+        super().__init__(observation_space, action_space, features_extractor, features_dim,
+                         net_arch, activation_fn, normalize_images, heads=1,
+                         default_arch=[128, 128])
+
+    def forward(self, obs: th.Tensor) -> th.Tensor:
+        q, present = self._scores(obs)
+        return q.squeeze(-1).masked_fill(~present, NEG)
+
+    def _predict(self, observation: th.Tensor, deterministic: bool = True) -> th.Tensor:
+        return self(observation).argmax(dim=1).reshape(-1)
 
 
 class InstanceDQNPolicy(DQNPolicy):
@@ -94,8 +99,8 @@ class InstanceDQNPolicy(DQNPolicy):
         return InstanceQNetwork(**net_args).to(self.device)
 
 
-class InstanceQuantileNetwork(BasePolicy):
-    """QR-DQN's quantile network with the instance-scoring trunk: each slot gets
+class InstanceQuantileNetwork(_InstanceScoringNetwork):
+    """QR-DQN's quantile network with the instance-scoring layers: each slot gets
     ``n_quantiles`` return quantiles from its own features plus the global ones (shared
     weights); absent slots get -1e9. Output (batch, n_quantiles, slots), as sb3-contrib's
     QuantileNetwork. Its Q-value (the mean of the quantiles) is linear in the last layer, so
@@ -105,32 +110,20 @@ class InstanceQuantileNetwork(BasePolicy):
                  features_extractor: nn.Module, features_dim: int, n_quantiles: int = 50,
                  net_arch: list[int] | None = None, activation_fn: type[nn.Module] = nn.ReLU,
                  normalize_images: bool = True) -> None:
-        super().__init__(observation_space, action_space, features_extractor=features_extractor,
-                         normalize_images=normalize_images)
-        net_arch = _check_layout(action_space, features_dim, net_arch, [64, 64])
-        self.net_arch = net_arch
-        self.activation_fn = activation_fn
-        self.features_dim = features_dim
         self.n_quantiles = n_quantiles
-        h1, h2 = net_arch
-        self.l1 = nn.Linear(GLOBAL_DIM + INSTANCE_DIM, h1)
-        self.l2 = nn.Linear(2 * h1, h2)
-        self.out = nn.Linear(h2, n_quantiles)
+        super().__init__(observation_space, action_space, features_extractor, features_dim,
+                         net_arch, activation_fn, normalize_images, heads=n_quantiles,
+                         default_arch=[64, 64])
 
     def forward(self, obs: th.Tensor) -> th.Tensor:
-        z, present = _instance_trunk(self, obs)
-        quantiles = self.out(z).masked_fill(~present.unsqueeze(-1), NEG)
-        return quantiles.permute(0, 2, 1)
+        quantiles, present = self._scores(obs)
+        return quantiles.masked_fill(~present.unsqueeze(-1), NEG).permute(0, 2, 1)
 
     def _predict(self, observation: th.Tensor, deterministic: bool = True) -> th.Tensor:
         return self(observation).mean(dim=1).argmax(dim=1).reshape(-1)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
-        data.update(dict(net_arch=self.net_arch, features_dim=self.features_dim,
-                         n_quantiles=self.n_quantiles, activation_fn=self.activation_fn,
-                         features_extractor=self.features_extractor))
-        return data
+        return dict(super()._get_constructor_parameters(), n_quantiles=self.n_quantiles)
 
 
 class InstanceQRDQNPolicy(QRDQNPolicy):
