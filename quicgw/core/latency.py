@@ -193,23 +193,18 @@ class BatchEngine:
 
     # -- input ---------------------------------------------------------------------------
     def submit(self, request: EngineRequest) -> None:
-        inp, out, prio = request.input_tokens, request.output_tokens, request.priority
-        if inp + out > self.model.kv_capacity_tokens:
+        if request.input_tokens + request.output_tokens > self.model.kv_capacity_tokens:
             raise ValueError(
                 f"request needs {request.kv_tokens} KV tokens; the instance holds "
                 f"{self.model.kv_capacity_tokens}"
             )
-        if out < 1:
+        if request.output_tokens < 1:
             raise ValueError("output_tokens must be >= 1")
-        key = (prio, next(self._seq)) if self.policy == "priority" else (0, next(self._seq))
+        key = (request.priority, next(self._seq)) if self.policy == "priority" else (
+            0, next(self._seq))
         heapq.heappush(self._waiting, (key, request))
         self._n_waiting += 1
-        q = self._queued.get(prio)  # _count_queued(request, 1), inline (once per request)
-        if q is None:
-            q = self._queued[prio] = [0, 0, 0]
-        q[0] += 1
-        q[1] += inp
-        q[2] += out
+        self._count_queued(request, 1)
 
     def cancel(self, request: EngineRequest) -> None:
         """Drop a waiting or running request; its batch slot and KV are freed at once."""
@@ -408,30 +403,16 @@ class BatchEngine:
         waiting = self._waiting
         if not waiting:
             return admitted
-        m = self.model
-        max_batch, kv_capacity = m.max_batch, m.kv_capacity_tokens
         running = self.running
-        queued = self._queued
-        # `while self._can_admit()` with its checks and _count_queued(r, -1) inline.
-        while len(running) < max_batch and waiting:
-            r = waiting[0][1]
-            if r.cancelled:
-                heapq.heappop(waiting)
-                continue
-            inp, out = r.input_tokens, r.output_tokens
-            if self._kv_used + inp + out > kv_capacity:
-                break
-            heapq.heappop(waiting)
+        while self._can_admit():
+            _, r = heapq.heappop(waiting)
             self._n_waiting -= 1
-            q = queued[r.priority]
-            q[0] -= 1
-            q[1] -= inp
-            q[2] -= out
+            self._count_queued(r, -1)
             r.admitted = now
             running.append(r)
-            self._kv_used += inp + out
+            self._kv_used += r.input_tokens + r.output_tokens
             r.zero_at = zero_at = self._iters - r.generated
-            done = zero_at + out
+            done = zero_at + r.output_tokens
             bisect.insort(self._ends, (done, next(self._admissions), r))
             self._ends_sum += done
             admitted.append(r)
@@ -447,13 +428,7 @@ class BatchEngine:
         """
         m = self.model
         max_batch = m.max_batch
-        n_ahead = out_ahead = 0
-        if self._n_waiting:  # queued_ahead(inf if fcfs else priority)[::2], inline
-            fcfs = self.policy == "fcfs"
-            for p, (c, _, o) in self._queued.items():
-                if fcfs or p <= priority:
-                    n_ahead += c
-                    out_ahead += o
+        n_ahead, _, out_ahead = self.queued_ahead(math.inf if self.policy == "fcfs" else priority)
         running = self.running
         n_run = len(running)
         occupied = n_run + n_ahead
