@@ -269,14 +269,11 @@ class Simulator:
             # Predicted finishes only grow (each newcomer's delay adds up): a pessimistic
             # prediction, which trained better policies than re-predicting from the current
             # batch (see the README's rlrouter section).
-            if r.admitted is None:
-                left = r.output_tokens - r.generated
-                f2 = finish[rid] + stall + tau1 * (left if left < output_tokens else output_tokens)
-                if r.priority > priority:
-                    f2 += turn
-            else:
-                left = r.output_tokens - (iters - r.zero_at)
-                f2 = finish[rid] + stall + tau1 * (left if left < output_tokens else output_tokens)
+            queued = r.admitted is None
+            left = r.output_tokens - (r.generated if queued else iters - r.zero_at)
+            f2 = finish[rid] + stall + tau1 * (left if left < output_tokens else output_tokens)
+            if queued and r.priority > priority:
+                f2 += turn
             if dry:
                 if f2 > due[rid]:
                     lost += credit[rid]
