@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from quicgw.core.features import (
-    _REQ_MIN,
     MAX_INSTANCES,
     OBS_DIM,
     gather,
@@ -161,7 +160,7 @@ class DQNRouter:
     def __init__(self, policy: str | Path | NumpyQPolicy | None = None) -> None:
         self.policy = policy if isinstance(policy, NumpyQPolicy) else NumpyQPolicy.load(policy)
         self._obs = np.zeros(OBS_DIM, dtype=np.float32)
-        self._req = np.zeros(_REQ_MIN, dtype=np.float64)
+        self._req: np.ndarray | None = None  # gather()'s scratch buffer, made on first use
         self._per_n: dict[int, tuple] = {}  # slot count -> (policy, weights, z, q, w3)
         self._decide = _kernels()[1]  # compiled now (or loaded from the cache), not mid-request
 
@@ -178,12 +177,9 @@ class DQNRouter:
         if per is None or per[0] is not self.policy:
             per = self._setup(n)
         _, w, z, q, w3 = per
-        obs, req = self._obs, self._req
-        try:
-            rows = gather(request, cluster, req)
-        except BufferError:  # a rate table of more than 16 classes
-            req = self._req = np.zeros(_REQ_MIN + 3 * len(cluster.rates), np.float64)
-            rows = gather(request, cluster, req)
+        obs = self._obs
+        req, rows = gather(request, cluster, self._req)
+        self._req = req  # a bigger one after a rate table of more than 16 classes
         # One compiled call: the observation into obs (slots past n are never read) and, with
         # every instance healthy, the hidden layers into z.
         if self._decide(req, rows, obs, w, z) < 0:

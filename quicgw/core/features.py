@@ -169,8 +169,6 @@ class _Static:
     # Per instance: decode_base_s, decode_per_seq_s, prefill_s_per_token, max_batch, capacity
     # share, decode step alone (base + per_seq), decode step in a full batch.
     rows: list[tuple[float, float, float, int, float, float, float]]
-    total_batch: int  # sum of max_batch
-    capacity_rps: float
     rate_scale: float  # rates are read relative to half the cluster's nominal capacity
     by_task: dict[str, np.ndarray] = field(default_factory=dict)  # task_rows' cache
 
@@ -206,7 +204,7 @@ def _static(instances: Sequence[InstanceInfo]) -> _Static:
         rows.append((m.decode_base_s, m.decode_per_seq_s, m.prefill_s_per_token, m.max_batch,
                      cap / total, m.decode_base_s + m.decode_per_seq_s,
                      m.decode_base_s + m.decode_per_seq_s * m.max_batch))
-    st = _Static(instances, rows, sum(r[3] for r in rows), total, 1.0 / (2.0 * total))
+    st = _Static(instances, rows, 1.0 / (2.0 * total))
     if len(_static_cache) > 64:
         _static_cache.clear()
     _static_cache[key] = st
@@ -452,12 +450,15 @@ def _packer(key: int) -> struct.Struct:
     return p
 
 
-def gather(request: RouteRequest, cluster: ClusterView, req: np.ndarray) -> np.ndarray:
+def gather(request: RouteRequest, cluster: ClusterView,
+           req: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pack what the observation reads from ``request`` and ``cluster`` into ``req`` (a float64
-    buffer; ``_REQ_MIN`` entries hold up to 16 rate classes, BufferError if it is too small)
-    and return the kernel's static rows for the cluster and task. One ``struct.pack_into``: a
-    few attribute reads per instance, no per-element numpy call. The class index, token
-    counts and in-flight/queued counts must be integers (TypeError otherwise)."""
+    scratch buffer the caller keeps; ``_REQ_MIN`` entries hold up to 16 rate classes) and
+    return ``(req, rows)``: the buffer used (a new one when ``req`` is None or too small: keep
+    it for the next call) and the kernel's static rows for the cluster and task. One
+    ``struct.pack_into``: a few attribute reads per instance, no per-element numpy call. The
+    class index, token counts and in-flight/queued counts must be integers (TypeError
+    otherwise)."""
     instances = cluster.instances
     st = _static_cache.get(id(instances))
     if st is None or st.instances is not instances:
@@ -477,20 +478,15 @@ def gather(request: RouteRequest, cluster: ClusterView, req: np.ndarray) -> np.n
     if size != _R_LOADS + 3 * len(instances) + N_WINDOWS * n_rates:
         raise ValueError(f"{len(instances)} instances with {len(cluster.loads)} loads and rate "
                          f"estimates of {N_WINDOWS} windows expected")
-    if size > len(req):
-        raise BufferError(f"req holds {len(req)} entries, {size} needed")
+    if req is None or size > len(req):
+        req = np.empty(max(_REQ_MIN, size), _F64)
     key = len(instances) + (MAX_INSTANCES + 1) * n_rates
     try:
         (_packers.get(key) or _packer(key)).pack_into(req, 0, *v)
     except struct.error as e:
         raise TypeError("class index, token counts, in-flight and queued counts must be "
                         f"integers: {e}") from None
-    return rows
-
-
-def _req_buffer(cluster: ClusterView) -> np.ndarray:
-    return np.empty(max(_REQ_MIN, _R_LOADS + 3 * len(cluster.loads)
-                        + N_WINDOWS * len(cluster.rates)), _F64)
+    return req, rows
 
 
 _kernel64 = None
@@ -499,8 +495,7 @@ _kernel64 = None
 def _values(request: RouteRequest, cluster: ClusterView) -> list[float]:
     """The observation's first ``GLOBAL_DIM + n * INSTANCE_DIM`` entries (n instances), as
     Python floats, before the float32 rounding (the kernel run with a float64 ``out``)."""
-    req = _req_buffer(cluster)
-    rows = gather(request, cluster, req)
+    req, rows = gather(request, cluster)
     out = np.zeros(OBS_DIM, _F64)
     global _kernel64
     if _kernel64 is None:
@@ -518,13 +513,7 @@ def observation(request: RouteRequest, cluster: ClusterView,
     for :func:`gather` that the caller keeps (the env), else one is allocated.
     """
     vec = np.zeros(OBS_DIM, _F32)
-    if req is None:
-        req = _req_buffer(cluster)
-    try:
-        rows = gather(request, cluster, req)
-    except BufferError:
-        req = _req_buffer(cluster)
-        rows = gather(request, cluster, req)
+    req, rows = gather(request, cluster, req)
     (_kernel or kernel())(req, rows, vec)
     return vec
 
@@ -533,8 +522,7 @@ def observation_into(request: RouteRequest, cluster: ClusterView, out: np.ndarra
     """Write the observation's first ``GLOBAL_DIM + n * INSTANCE_DIM`` entries into ``out`` (a
     C-contiguous float32 array of at least that length; the rest is left as it is) and return
     n, the number of instances: :func:`observation` without the allocation and zero padding."""
-    req = _req_buffer(cluster)
-    (_kernel or kernel())(req, gather(request, cluster, req), out)
+    (_kernel or kernel())(*gather(request, cluster), out)
     return len(cluster.instances)
 
 
