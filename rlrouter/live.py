@@ -47,7 +47,7 @@ async def run_live(router: str, scenario: Scenario, seed: int, scheduler: str = 
     procs = [BackendProcess(s.model, s.gpu, max_batch=s.max_batch, queue_policy="priority")
              for s in specs]
     board = ScoreBoard()
-    quality = {i.model: i.quality for i in instances}
+    by_model = {i.model: i for i in instances}
     errors = 0
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(running_backends(procs))
@@ -88,7 +88,7 @@ async def run_live(router: str, scenario: Scenario, seed: int, scheduler: str = 
                 latency = None
                 errors += 1
             met = model is not None and latency is not None and latency <= c.deadline_ms / 1000
-            q = quality[model].get(task, 0.0) if model in quality else 0.0
+            q = by_model[model].task_quality(task) if model in by_model else 0.0
             board.add(c.name, c.reward_weight, q, met, latency)
 
         await asyncio.gather(*(one(k) for k in range(n)))

@@ -45,11 +45,6 @@ TUNED_RESERVE = 0.625
 TUNED = "tuned"  # SlackFitRouter("tuned"): the two above, `router = "slackfit:tuned"`
 
 
-def _quality(info, task: str) -> float:
-    q = info.quality.get(task)
-    return q if q is not None else min(info.quality.values())
-
-
 class SlackFitRouter:
     """The most accurate model whose predicted completion still meets the deadline.
 
@@ -115,7 +110,7 @@ class SlackFitRouter:
         if self.reserve is None or request.class_index <= 0:
             return set()
         healthy = [i for i, load in enumerate(cluster.loads) if load.healthy]
-        quality = {i: _quality(cluster.instances[i], request.task) for i in healthy}
+        quality = {i: cluster.instances[i].task_quality(request.task) for i in healthy}
         top = max(quality.values(), default=0.0)
         reserved = {i for i in healthy if quality[i] >= top and (
             cluster.loads[i].in_flight + cluster.loads[i].queued
@@ -134,7 +129,7 @@ class SlackFitRouter:
             if t < fastest_t:
                 fastest, fastest_t = i, t
             if t <= budget:
-                key = (_quality(cluster.instances[i], request.task), -t)
+                key = (cluster.instances[i].task_quality(request.task), -t)
                 if best_key is None or key > best_key:
                     best, best_key = i, key
         if best >= 0:

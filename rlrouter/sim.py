@@ -98,7 +98,7 @@ class Simulator:
         self._prio = [c.priority for c in tclasses]
         self._deadline = [c.deadline_ms / 1000.0 for c in tclasses]
         # quality[instance][task]
-        self._quality = [[inst.quality.get(t, min(inst.quality.values())) for t in arrivals.tasks]
+        self._quality = [[inst.task_quality(t) for t in arrivals.tasks]
                          for inst in self.instances]
         n = len(arrivals)
         self.n = n

@@ -141,11 +141,6 @@ def min_charge(model: LatencyModel, input_tokens: np.ndarray, output_tokens: np.
     return np.where(feasible, c, np.inf)
 
 
-def _quality(info: InstanceInfo, task: str) -> float:
-    # As Simulator: a task the model has no score for gets its lowest score.
-    return info.quality.get(task, min(info.quality.values()))
-
-
 def upper_bound(instances: Sequence[InstanceInfo], arrivals: Arrivals,
                 classes: ClassTable = DEFAULT_CLASS_TABLE, *,
                 window_lengths: Sequence[float] = WINDOW_LENGTHS,
@@ -164,7 +159,7 @@ def upper_bound(instances: Sequence[InstanceInfo], arrivals: Arrivals,
     dl = deadline_c[cls]
     t = np.asarray(arrivals.time, dtype=float)
     task = np.asarray(arrivals.task)
-    q = np.array([[_quality(inst, tk) for tk in arrivals.tasks] for inst in instances])[:, task]
+    q = np.array([[inst.task_quality(tk) for tk in arrivals.tasks] for inst in instances])[:, task]
     charge = np.stack([min_charge(inst.latency, arrivals.input_tokens, arrivals.output_tokens, dl)
                        for inst in instances])  # [instance, request]
     feasible = np.isfinite(charge)

@@ -173,7 +173,7 @@ class _Static:
     by_task: dict[str, np.ndarray] = field(default_factory=dict)  # task_rows' cache
 
     def qualities(self, task: str) -> list[float]:
-        return [i.quality.get(task, min(i.quality.values())) for i in self.instances]
+        return [i.task_quality(task) for i in self.instances]
 
     def task_rows(self, task: str) -> np.ndarray:
         """The kernel's static input for a task: ``rows`` plus the task's quality, one float64

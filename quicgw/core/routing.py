@@ -34,6 +34,12 @@ class InstanceInfo:
     latency: LatencyModel
     quality: dict[str, float]
 
+    def task_quality(self, task: str) -> float:
+        """The model's quality on ``task``; a task it has no score for gets its lowest score
+        (the one rule the routers, the simulator and the score bound share)."""
+        q = self.quality.get(task)
+        return q if q is not None else min(self.quality.values())
+
 
 @dataclass(slots=True)
 class InstanceLoad:
