@@ -125,8 +125,9 @@ def make_model(algo: str, hp: dict, env, seed: int, tb_dir: Path | None):
     if algo in ("dqn", "ddqn"):
         return RoutingDQN(InstanceDQNPolicy, env, double_q=(algo == "ddqn"), **common, **kwargs)
     if algo == "qrdqn":
-        kwargs["policy_kwargs"] = dict(kwargs["policy_kwargs"],
-                                       n_quantiles=int(hp.get("n_quantiles", 50)))
+        if "n_quantiles" in hp:  # else InstanceQuantileNetwork's default
+            kwargs["policy_kwargs"] = dict(kwargs["policy_kwargs"],
+                                           n_quantiles=int(hp["n_quantiles"]))
         return RoutingQRDQN(InstanceQRDQNPolicy, env, **common, **kwargs)
     raise SystemExit(f"unknown algo {algo!r} ({' | '.join(ALGOS)})")
 
