@@ -79,8 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=60.0, help="simulated seconds per run")
     ap.add_argument("--horizon", type=float, default=3.0, help="rollout horizon (s)")
     ap.add_argument("--samples", type=int, default=4, help="sampled futures per decision")
-    ap.add_argument("--no-clairvoyant", action="store_true")
+    ap.add_argument("--no-clairvoyant", action="store_true", help="skip the clairvoyant rollouts")
+    ap.add_argument("--no-sampled", action="store_true", help="skip the sampled rollouts")
     args = ap.parse_args(argv)
+    if args.no_clairvoyant and args.no_sampled:
+        ap.error("--no-clairvoyant and --no-sampled together leave nothing to run")
     if args.base not in baseline_routers():
         ap.error(f"unknown base router {args.base!r} (choose from {', '.join(baseline_routers())})")
     ratios: dict[str, list[float]] = {}
@@ -92,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             row = {"base": base}
             if not args.no_clairvoyant:
                 row["clairvoyant"] = rollout_run(sc, seed, args.base, args.horizon, 1, None)
-            row["sampled"] = rollout_run(sc, seed, args.base, args.horizon, args.samples,
-                                         np.random.default_rng(seed + 1))
+            if not args.no_sampled:
+                row["sampled"] = rollout_run(sc, seed, args.base, args.horizon, args.samples,
+                                             np.random.default_rng(seed + 1))
             for k, x in row.items():
                 if k != "base":
                     ratios.setdefault(f"{w}:{k}", []).append(x / base)
