@@ -20,7 +20,14 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from quicgw.core.features import _REQ_MIN, MAX_INSTANCES, OBS_DIM, OBS_HIGH, OBS_LOW, observation
+from quicgw.core.features import (
+    MAX_INSTANCES,
+    OBS_DIM,
+    OBS_HIGH,
+    OBS_LOW,
+    REQ_BUFFER_LEN,
+    observation,
+)
 from rlrouter.cluster import build_instances, cluster_specs, random_cluster
 from rlrouter.routers import SlackFitRouter
 from rlrouter.sim import REWARDS, Simulator
@@ -96,7 +103,7 @@ class LLMRoutingEnv(gym.Env):
         self._valid: list[int] = []
         self._steps = 0
         self._last_obs = np.zeros(OBS_DIM, dtype=np.float32)
-        self._req = np.zeros(_REQ_MIN)  # observation()'s scratch buffer
+        self._req = np.zeros(REQ_BUFFER_LEN)  # observation()'s scratch buffer
 
     # -- gym api -------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):

@@ -423,22 +423,27 @@ def jit(fn, signatures: list[str], **flags):
 _warned_no_cache = False
 
 
-_kernel = None
+_kernels: dict[str, object] = {}  # out dtype -> compiled _fill
+_kernel = None  # _kernels["float32"], read directly on the hot paths
 
 
 def kernel(out_dtype: str = "float32"):
-    """The compiled :func:`_fill`, loaded on the first call; ``"float64"``: a separate build
-    writing float64 ``out`` (for :func:`_values`, the tests' view before the rounding)."""
+    """The compiled :func:`_fill` for an ``out`` of this dtype, built (or loaded from the cache)
+    on the first call; ``"float64"`` is a separate build for :func:`_values`, the tests' view
+    before the rounding."""
     global _kernel
-    if out_dtype != "float32":
-        return jit(_fill, [f"int64(float64[::1], float64[:, ::1], {out_dtype}[::1])"])
-    if _kernel is None:
-        _kernel = jit(_fill, ["int64(float64[::1], float64[:, ::1], float32[::1])"])
-    return _kernel
+    k = _kernels.get(out_dtype)
+    if k is None:
+        k = _kernels[out_dtype] = jit(
+            _fill, [f"int64(float64[::1], float64[:, ::1], {out_dtype}[::1])"])
+        if out_dtype == "float32":
+            _kernel = k
+    return k
 
 
-# Extra room in `req` for the rate estimates' classes (more than MAX_CLASSES count in totals).
-_REQ_MIN = _R_LOADS + 3 * MAX_INSTANCES + 3 * 16
+# Length of a gather() scratch buffer that holds any cluster and up to 16 rate classes (more
+# than MAX_CLASSES count in the totals); a caller that keeps one allocates this much.
+REQ_BUFFER_LEN = _R_LOADS + 3 * MAX_INSTANCES + N_WINDOWS * 16
 _packers: dict[int, struct.Struct] = {}
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
@@ -453,7 +458,7 @@ def _packer(key: int) -> struct.Struct:
 def gather(request: RouteRequest, cluster: ClusterView,
            req: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pack what the observation reads from ``request`` and ``cluster`` into ``req`` (a float64
-    scratch buffer the caller keeps; ``_REQ_MIN`` entries hold up to 16 rate classes) and
+    scratch buffer the caller keeps; ``REQ_BUFFER_LEN`` entries hold up to 16 rate classes) and
     return ``(req, rows)``: the buffer used (a new one when ``req`` is None or too small: keep
     it for the next call) and the kernel's static rows for the cluster and task. One
     ``struct.pack_into``: a few attribute reads per instance, no per-element numpy call. The
@@ -479,7 +484,7 @@ def gather(request: RouteRequest, cluster: ClusterView,
         raise ValueError(f"{len(instances)} instances with {len(cluster.loads)} loads and rate "
                          f"estimates of {N_WINDOWS} windows expected")
     if req is None or size > len(req):
-        req = np.empty(max(_REQ_MIN, size), _F64)
+        req = np.empty(max(REQ_BUFFER_LEN, size), _F64)
     key = len(instances) + (MAX_INSTANCES + 1) * n_rates
     try:
         (_packers.get(key) or _packer(key)).pack_into(req, 0, *v)
@@ -489,18 +494,12 @@ def gather(request: RouteRequest, cluster: ClusterView,
     return req, rows
 
 
-_kernel64 = None
-
-
 def _values(request: RouteRequest, cluster: ClusterView) -> list[float]:
     """The observation's first ``GLOBAL_DIM + n * INSTANCE_DIM`` entries (n instances), as
     Python floats, before the float32 rounding (the kernel run with a float64 ``out``)."""
     req, rows = gather(request, cluster)
     out = np.zeros(OBS_DIM, _F64)
-    global _kernel64
-    if _kernel64 is None:
-        _kernel64 = kernel("float64")
-    _kernel64(req, rows, out)
+    kernel("float64")(req, rows, out)
     return out[:GLOBAL_DIM + len(cluster.instances) * INSTANCE_DIM].tolist()
 
 
