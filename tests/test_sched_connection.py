@@ -25,24 +25,23 @@ WINDOW = fixed_window_congestion_control(12_000)  # ten packets in flight
 PACKET = 1200  # one packet's worth of stream data, rounded up
 
 
-def scheduled(name: str | StreamScheduler):
-    return functools.partial(ScheduledQuicConnection, scheduler=name)
+def scheduled(name: str | StreamScheduler, **options):
+    return functools.partial(ScheduledQuicConnection, scheduler=name, **options)
 
 
 def make_link(client=None, server=None, *, window=WINDOW, client_config=None, server_config=None,
-              prepare=None, **link_kwargs) -> SimulatedLink:
+              server_options=None, **link_kwargs) -> SimulatedLink:
     """``client``/``server``: a scheduler name or instance for a ScheduledQuicConnection, or
-    None for stock aioquic. ``prepare(link)`` runs before the handshake."""
+    None for stock aioquic. ``server_options``: more keyword arguments for the server's
+    ScheduledQuicConnection."""
     link = SimulatedLink.pair(
         QuicConnection if client is None else scheduled(client),
-        QuicConnection if server is None else scheduled(server),
+        QuicConnection if server is None else scheduled(server, **(server_options or {})),
         client_config={"congestion_control_algorithm": window, **(client_config or {})},
         server_config={"congestion_control_algorithm": window, **(server_config or {})},
         delay=link_kwargs.pop("delay", 0.01),
         **link_kwargs,
     )
-    if prepare is not None:
-        prepare(link)
     link.connect()
     return link
 
@@ -374,12 +373,7 @@ def test_streams_held_by_flow_control_are_parked_and_woken(name):
 def test_stream_limit_blocked_streams_wait_for_max_streams():
     # The server lets the client open 4 streams at a time (max_streams_bidi=4): the other 8
     # wait for MAX_STREAMS and all 12 complete.
-    link = SimulatedLink.pair(
-        scheduled("edf"),
-        functools.partial(ScheduledQuicConnection, scheduler="rr", max_streams_bidi=4),
-        client_config={"congestion_control_algorithm": WINDOW},
-        server_config={"congestion_control_algorithm": WINDOW}, delay=0.01)
-    link.connect()
+    link = make_link(client="edf", server="rr", server_options={"max_streams_bidi": 4})
     assert link.client._remote_max_streams_bidi == 4
     receiver, ids = upload(link, [(3_000, None)] * 12, echo=True)
     assert len(receiver.done) == 12
