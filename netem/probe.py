@@ -1,7 +1,7 @@
 """Test traffic for measuring an emulated link (runs inside the namespaces; stdlib only).
 
 ``python -m netem.probe udp-sink --bind IP:PORT [--idle S] [--timeout S]``
-``python -m netem.probe udp-source --dst IP:PORT --pps N --size BYTES --duration S``
+``python -m netem.probe udp-source --dst IP:PORT --pps N --size BYTES --duration S [--max-burst N]``
 ``python -m netem.probe tcp-sink --bind IP:PORT [--timeout S]``
 ``python -m netem.probe tcp-source --dst IP:PORT --duration S``
 
@@ -74,29 +74,38 @@ def udp_sink(bind: str, idle: float, timeout: float) -> dict:
     return out
 
 
-def udp_source(dst: str, pps: float, size: int, duration: float) -> dict:
+def udp_source(dst: str, pps: float, size: int, duration: float,
+               max_burst: int | None = None) -> dict:
+    """Send ``pps`` packets/s for ``duration`` s. A late wake-up (the sleep overshot) catches up
+    in a burst so the offered rate is right, unless ``max_burst`` caps the burst: then the
+    schedule restarts from now, the rate falls a little short, and the traffic stays smooth
+    (the loss probe must not overflow the emulated queue with its own bursts)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     addr = _addr(dst)
     pad = b"\0" * max(0, size - HDR.size)
     interval = 1.0 / pps
-    start = time.monotonic()
+    start = next_due = time.monotonic()
     n = 0
     errors = 0
     while True:
         now = time.monotonic()
         if now - start >= duration:
             break
-        due = start + n * interval
-        if due > now:
-            time.sleep(due - now)
-        # Catch up in a burst if the scheduler was late, so the offered rate is right.
-        while start + n * interval <= time.monotonic() and n * interval < duration:
+        if next_due > now:
+            time.sleep(next_due - now)
+        burst = 0
+        while next_due <= time.monotonic() and next_due - start < duration:
             try:
                 s.sendto(HDR.pack(n, time.monotonic()) + pad, addr)
             except OSError:
                 errors += 1
             n += 1
+            burst += 1
+            next_due += interval
+            if max_burst is not None and burst >= max_burst:
+                next_due = max(next_due, time.monotonic())  # forget the backlog
+                break
     return {"sent": n, "errors": errors}
 
 
@@ -154,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pps", type=float, required=True)
     p.add_argument("--size", type=int, default=1200)
     p.add_argument("--duration", type=float, default=3.0)
+    p.add_argument("--max-burst", type=int, default=None,
+                   help="packets sent back to back after a late wake-up (default: as many as "
+                        "it takes to catch up with the schedule)")
     p = sub.add_parser("tcp-sink")
     p.add_argument("--bind", required=True)
     p.add_argument("--timeout", type=float, default=30.0)
@@ -164,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.mode == "udp-sink":
         out = udp_sink(a.bind, a.idle, a.timeout)
     elif a.mode == "udp-source":
-        out = udp_source(a.dst, a.pps, a.size, a.duration)
+        out = udp_source(a.dst, a.pps, a.size, a.duration, a.max_burst)
     elif a.mode == "tcp-sink":
         out = tcp_sink(a.bind, a.timeout)
     else:

@@ -168,6 +168,20 @@ def test_cleanup_touches_only_our_prefix_and_dead_owners():
             r.run(["ip", "netns", "delete", ns], check=False)
 
 
+def _assert_loss_accounted(r: dict, ci_widening: float) -> None:
+    """The loss model loses the configured fraction, and every packet is accounted for: all
+    the link delivered arrived, and the sink's gaps are exactly the model's losses plus the
+    emulated queue's tail drops (which a stalled vCPU can cause: asserted on by the link-model
+    unit tests, reported here, not bounded)."""
+    assert abs(r["loss_link"] - r["loss_cfg"]) <= ci_widening * r["loss_ci"], r
+    assert r["outside_drops"] == 0, r
+    assert r["received"] == r["link_delivered"], r
+    missing = r["loss_n"] - r["received"]
+    assert missing == r["link_lost"] + r["queue_drops"], r
+    if r["queue_drops"] == 0:
+        assert abs(r["loss_meas"] - r["loss_cfg"]) <= ci_widening * r["loss_ci"], r
+
+
 def test_userspace_emulator_fidelity():
     with Topology(get_profile("3g"), "userspace", backend=False) as topo:
         rep = measure(topo, duration=2.5)
@@ -175,9 +189,11 @@ def test_userspace_emulator_fidelity():
     for k in ("uplink", "downlink"):
         r = rep[k]
         assert abs(r["rate_err"]) < 0.03, r
-        assert r["delay_expected_ms"] - 0.5 <= r["delay_meas_ms"] <= r["delay_expected_ms"] + 3, r
-        assert abs(r["loss_meas"] - r["loss_cfg"]) <= r["loss_ci"], r
-        assert r["queue_drops"] == 0 and r["outside_drops"] == 0
+        # Never early; the median is late by no more than scheduling noise (the mean and the
+        # tail grow when the VM's vCPUs stall, which no userspace emulator can hide).
+        assert r["delay_expected_ms"] - 0.5 <= r["delay_meas_ms"], r
+        assert r["delay_p50_ms"] <= r["delay_expected_ms"] + 3, r
+        _assert_loss_accounted(r, ci_widening=1.0)
     t = rep["tcp"]
     # TCP crosses the same emulated link and sees its losses.
     assert t["uplink_lost"] > 0 and t["uplink_packets"] > 500
@@ -192,7 +208,7 @@ def test_userspace_emulator_fidelity_bursty_loss():
         r = rep[k]
         assert abs(r["rate_err"]) < 0.05, r
         # Bursts make the loss count noisier than Bernoulli's: widen the interval by sqrt(3).
-        assert abs(r["loss_meas"] - r["loss_cfg"]) <= 1.8 * r["loss_ci"], r
+        _assert_loss_accounted(r, ci_widening=1.8)
 
 
 def test_tc_netem_for_real_where_supported():
