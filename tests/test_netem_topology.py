@@ -84,7 +84,8 @@ def test_userspace_topology_up_use_down():
         assert names.TUN_CLIENT in links and topo.client_ip in links
         got = _udp_roundtrip(topo)
         assert got["received"] >= 25  # 30 sent, 0.5% loss
-        assert 0.050 <= got["delay_s"]["mean"] <= 0.060
+        # Never early; the median robust to a vCPU stall delaying a few packets.
+        assert got["delay_s"]["min"] >= 0.050 and got["delay_s"]["p50"] <= 0.060
         # The gateway reaches the backend over its own (unimpaired) veth.
         srv = topo.spawn("backend", [sys.executable, "-m", "netem.probe", "tcp-sink", "--bind",
                                      f"{topo.backend_ip}:9200", "--timeout", "10"],
